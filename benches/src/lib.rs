@@ -1,0 +1,1 @@
+//! Criterion benchmarks comparing mixed against its baselines; see `benches/` and `docs/benchmarks.md`.
