@@ -13,7 +13,7 @@ use super::geometry::{
 };
 use super::keys::HopKeys;
 use super::primitives::{
-    BASE_POINT, aes128_ctr_xor, header_mac, header_mac_ok, is_canonical_u, is_zero, x25519,
+    aes128_ctr_xor, header_mac, header_mac_ok, is_canonical_u, is_zero, x25519, x25519_base,
 };
 use super::route::{Delay, Destination, Hop, NodeId, ReplayTag, Version};
 
@@ -217,7 +217,7 @@ pub(crate) fn derive_route_keys(
     Ok(RouteKeys {
         hops,
         len: route.len().min(MAX_HOPS),
-        alpha: x25519(initial_secret, &BASE_POINT),
+        alpha: x25519_base(initial_secret),
     })
 }
 

@@ -6,6 +6,7 @@ use aes::Aes128;
 use blake2::Blake2bMac;
 use chacha20::ChaCha20;
 use ctr::cipher::{KeyIvInit, StreamCipher};
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -85,15 +86,14 @@ pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], okm: &mut [u8]) 
 
 /// X25519 (RFC 7748): the scalar is clamped, the high bit of `u` ignored.
 pub(crate) fn x25519(scalar: &[u8; 32], u: &[u8; 32]) -> [u8; 32] {
-    x25519_dalek::x25519(*scalar, *u)
+    MontgomeryPoint(*u).mul_clamped(*scalar).to_bytes()
 }
 
-/// The X25519 base point, u = 9.
-pub(crate) const BASE_POINT: [u8; 32] = {
-    let mut b = [0u8; 32];
-    b[0] = 9;
-    b
-};
+/// X25519(scalar, 9), the public key of a secret, through a precomputed table of the base
+/// point (several times faster than a ladder; same result).
+pub(crate) fn x25519_base(scalar: &[u8; 32]) -> [u8; 32] {
+    MontgomeryPoint::mul_base_clamped(*scalar).to_bytes()
+}
 
 /// Whether `x` is all zeroes, in constant time (an X25519 output of zero means the peer's
 /// point had small order: the exchange contributed nothing).
@@ -261,8 +261,10 @@ mod tests {
         assert!(!is_canonical_u(&p));
         p[0] = 0xec; // p - 1
         assert!(is_canonical_u(&p));
-        assert!(is_canonical_u(&BASE_POINT));
-        let mut high = BASE_POINT;
+        let mut base = [0u8; 32];
+        base[0] = 9;
+        assert!(is_canonical_u(&base));
+        let mut high = base;
         high[31] |= 0x80;
         assert!(!is_canonical_u(&high));
     }

@@ -3,7 +3,7 @@
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::geometry::{DESTINATION_LEN, IDENTIFIER_LEN, NODE_ID_LEN};
-use super::primitives::{BASE_POINT, x25519};
+use super::primitives::x25519_base;
 
 /// The 32-byte ID of a node: the hash of its identity key, resolved to IP and port through
 /// the consensus document. It is what a header names as the next hop.
@@ -54,7 +54,7 @@ impl MixSecretKey {
 
     /// The matching public key: X25519(secret, 9).
     pub fn public_key(&self) -> MixPublicKey {
-        MixPublicKey(x25519(&self.0, &BASE_POINT))
+        MixPublicKey(x25519_base(&self.0))
     }
 }
 
