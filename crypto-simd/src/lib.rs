@@ -6,3 +6,4 @@
 //! in as `&mut impl CryptoRng`, so a seeded run builds identical bytes.
 
 pub mod sphinx;
+pub mod x25519;
