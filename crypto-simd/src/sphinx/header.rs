@@ -221,16 +221,51 @@ pub(crate) fn derive_route_keys(
     })
 }
 
+/// The randomness one header takes, drawn in this order: the sender's ephemeral secret x
+/// (32 bytes), then the padding of the final hop's routing information.
+pub(crate) struct HeaderRandomness {
+    pub(crate) secret: [u8; 32],
+    padding: [u8; ROUTING_INFO_LEN],
+    padding_len: usize,
+}
+
+impl HeaderRandomness {
+    /// Draws the randomness for a route of `hops` hops (1 to 5, checked by [`check_route`]).
+    pub(crate) fn draw<R: CryptoRng + ?Sized>(hops: usize, rng: &mut R) -> Self {
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let filler_len = HOP_SLOT_LEN * hops.clamp(1, MAX_HOPS).saturating_sub(1);
+        let padding_len = ROUTING_INFO_LEN - filler_len - FINAL_META_LEN;
+        let mut padding = [0u8; ROUTING_INFO_LEN];
+        rng.fill_bytes(&mut padding[..padding_len]);
+        Self {
+            secret,
+            padding,
+            padding_len,
+        }
+    }
+
+    fn padding(&self) -> &[u8] {
+        &self.padding[..self.padding_len]
+    }
+}
+
+impl Drop for HeaderRandomness {
+    fn drop(&mut self) {
+        self.secret.zeroize();
+    }
+}
+
 /// Builds the header for `route` (checked by [`check_route`]) with keys from
-/// [`derive_route_keys`]. The final hop's unused routing space is filled from `rng` (random,
-/// not zero, against the attack of Kuhn et al.).
-pub(crate) fn build_header<R: CryptoRng + ?Sized>(
+/// [`derive_route_keys`]. The final hop's unused routing space is filled with random padding
+/// (random, not zero, against the attack of Kuhn et al.).
+pub(crate) fn build_header(
     keys: &RouteKeys,
     route: &[Hop],
     delays: &[Delay],
     destination: &Destination,
     version: Version,
-    rng: &mut R,
+    randomness: &HeaderRandomness,
     header: &mut [u8; HEADER_LEN],
 ) {
     let hop_keys = keys.hops();
@@ -247,7 +282,9 @@ pub(crate) fn build_header<R: CryptoRng + ?Sized>(
     beta[VERSION_AT..ADDRESS_AT].copy_from_slice(&version.to_bytes());
     beta[ADDRESS_AT..IDENTIFIER_AT].copy_from_slice(&destination.address);
     beta[IDENTIFIER_AT..FINAL_META_LEN].copy_from_slice(&destination.identifier);
-    rng.fill_bytes(&mut beta[FINAL_META_LEN..final_len]);
+    let padding = randomness.padding();
+    debug_assert_eq!(padding.len(), final_len - FINAL_META_LEN);
+    beta[FINAL_META_LEN..FINAL_META_LEN + padding.len()].copy_from_slice(padding);
     aes128_ctr_xor(&last.stream_key(), &mut beta[..final_len]);
 
     // the filler: what hops 0..n-2 will shift in, as the final hop will see it

@@ -35,6 +35,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod batch;
 mod error;
 pub mod geometry;
 mod header;
@@ -45,6 +46,10 @@ mod primitives;
 mod route;
 mod surb;
 
+pub use batch::{
+    PacketRequest, build_packets, build_packets_on, process_batch_in_place,
+    process_batch_in_place_on,
+};
 pub use error::{BuildError, PayloadError, ProcessError, SurbError};
 pub use geometry::{
     DEFAULT_PACKET_SIZE, DEFAULT_PAYLOAD_SIZE, HEADER_LEN, MAX_HOPS, MAX_PAYLOAD_SIZE,

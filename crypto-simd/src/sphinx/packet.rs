@@ -8,8 +8,8 @@ use super::geometry::{
     GROUP_ELEMENT_LEN, HEADER_LEN, MAX_PAYLOAD_SIZE, MIN_PAYLOAD_SIZE, payload_size_ok,
 };
 use super::header::{
-    Processed, Routing, alpha_of, build_header, check_alpha, check_route, derive_route_keys,
-    header_mut, set_alpha, unwrap_header,
+    HeaderRandomness, Processed, RouteKeys, Routing, alpha_of, build_header, check_alpha,
+    check_route, derive_route_keys, header_mut, set_alpha, unwrap_header,
 };
 use super::payload::{add_layer, encode_plaintext, remove_layer};
 use super::primitives::x25519;
@@ -195,16 +195,26 @@ pub(crate) fn build_packet_versioned<R: CryptoRng + ?Sized>(
         return Err(BuildError::PayloadSize);
     }
     encode_plaintext(message, payload)?;
-    let mut initial_secret = [0u8; 32];
-    rng.fill_bytes(&mut initial_secret);
-    let keys = derive_route_keys(&initial_secret, route);
-    initial_secret.zeroize();
-    let keys = keys?;
-    build_header(&keys, route, delays, destination, version, rng, header);
+    let randomness = HeaderRandomness::draw(route.len(), rng);
+    let keys = derive_route_keys(&randomness.secret, route)?;
+    build_header(
+        &keys,
+        route,
+        delays,
+        destination,
+        version,
+        &randomness,
+        header,
+    );
+    encrypt_payload(&keys, version, payload);
+    Ok(())
+}
+
+/// Adds every hop's payload layer, last hop first.
+pub(crate) fn encrypt_payload(keys: &RouteKeys, version: Version, payload: &mut [u8]) {
     for hop in keys.hops().iter().rev() {
         let mut key = hop.payload_key(version);
         add_layer(&key, payload);
         key.zeroize();
     }
-    Ok(())
 }

@@ -84,9 +84,10 @@ pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], okm: &mut [u8]) 
     }
 }
 
-/// X25519 (RFC 7748): the scalar is clamped, the high bit of `u` ignored.
+/// X25519 (RFC 7748): the scalar is clamped, the high bit of `u` ignored. One ladder on the
+/// portable backend; batches go through [`crate::x25519::x25519_batch`].
 pub(crate) fn x25519(scalar: &[u8; 32], u: &[u8; 32]) -> [u8; 32] {
-    MontgomeryPoint(*u).mul_clamped(*scalar).to_bytes()
+    crate::x25519::serial::x25519(scalar, u)
 }
 
 /// X25519(scalar, 9), the public key of a secret, through a precomputed table of the base

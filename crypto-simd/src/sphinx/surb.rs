@@ -13,7 +13,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::error::{BuildError, PayloadError, SurbError};
 use super::geometry::{HEADER_LEN, IDENTIFIER_LEN, MAX_HOPS, NODE_ID_LEN, payload_size_ok};
-use super::header::{build_header, check_route, derive_route_keys, header_mut};
+use super::header::{HeaderRandomness, build_header, check_route, derive_route_keys, header_mut};
 use super::keys::{PAYLOAD_SEED_LEN, PayloadSeed, payload_key_from_seed};
 use super::payload::{add_layer, encode_plaintext, recover_plaintext, remove_layer};
 use super::route::{Delay, Destination, Hop, NodeId, Version};
@@ -82,11 +82,8 @@ impl Surb {
         if destination.identifier == [0u8; IDENTIFIER_LEN] {
             return Err(BuildError::ZeroIdentifier);
         }
-        let mut initial_secret = [0u8; 32];
-        rng.fill_bytes(&mut initial_secret);
-        let keys = derive_route_keys(&initial_secret, route);
-        initial_secret.zeroize();
-        let keys = keys?;
+        let randomness = HeaderRandomness::draw(route.len(), rng);
+        let keys = derive_route_keys(&randomness.secret, route)?;
         let mut header = [0u8; HEADER_LEN];
         build_header(
             &keys,
@@ -94,7 +91,7 @@ impl Surb {
             delays,
             destination,
             Version::SINGLE_SEED_SURB,
-            rng,
+            &randomness,
             &mut header,
         );
 
