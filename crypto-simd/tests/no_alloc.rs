@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Case, rng};
 use crypto_simd::sphinx::{
-    DEFAULT_PAYLOAD_SIZE, HEADER_LEN, Routing, build_packet, process, process_in_place,
-    recover_plaintext,
+    DEFAULT_PAYLOAD_SIZE, HEADER_LEN, PacketRequest, ProcessError, Routing, build_packet,
+    build_packets, process, process_batch_in_place, process_in_place, recover_plaintext,
 };
 
 struct Counting;
@@ -88,6 +88,32 @@ fn building_and_processing_allocate_nothing() {
         );
     });
     assert_eq!(n, 0, "the final hop allocated");
+
+    // the batched paths, on the backend selected at run time (chosen before: reading the
+    // environment once allocates)
+    let _ = crypto_simd::x25519::selected();
+    const N: usize = 20;
+    let request = PacketRequest {
+        route: &route,
+        delays: &case.delays,
+        destination: &case.destination,
+        message: &case.message,
+    };
+    let requests = [request; N];
+    let mut batch = [[0u8; HEADER_LEN + DEFAULT_PAYLOAD_SIZE]; N];
+    let mut built = [Ok(()); N];
+    let mut processed = [Err(ProcessError::TooShort); N];
+    let n = allocations_in(|| {
+        build_packets(&requests, &mut r, &mut batch, &mut built).expect("lengths");
+        process_batch_in_place(&case.nodes[0].secret, &mut batch, &mut processed).expect("lengths");
+    });
+    assert_eq!(n, 0, "a batch allocated");
+    assert!(built.iter().all(|b| b.is_ok()));
+    assert!(
+        processed
+            .iter()
+            .all(|p| matches!(p, Ok(p) if matches!(p.routing, Routing::Forward { .. })))
+    );
 
     // and the counter does count
     assert!(allocations_in(|| drop(std::hint::black_box(vec![0u8; 16]))) > 0);
