@@ -31,16 +31,7 @@ fn mixed_batch(
         let size = [1024, DEFAULT_PAYLOAD_SIZE, 33][i % 3];
         let mut case = Case::random(rng, hops, size);
         case.nodes[0].hop = first.nodes[0].hop;
-        let mut packet = vec![0u8; case.packet_len()];
-        build_packet(
-            &case.route(),
-            &case.delays,
-            &case.destination,
-            &case.message,
-            rng,
-            &mut packet,
-        )
-        .unwrap();
+        let mut packet = case.build(rng);
         match rng.next_u32() % 8 {
             // a header bit flip (not bit 255 of alpha, which 0.8 does not catch)
             0 => {

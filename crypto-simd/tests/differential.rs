@@ -129,16 +129,7 @@ fn packets_built_by_us_process_identically() {
         let mut initial = [0u8; 32];
         peek.fill_bytes(&mut initial);
 
-        let mut packet = vec![0u8; case.packet_len()];
-        build_packet(
-            &case.route(),
-            &case.delays,
-            &case.destination,
-            &case.message,
-            &mut rng,
-            &mut packet,
-        )
-        .expect("our build");
+        let packet = case.build(&mut rng);
 
         // same ephemeral secret: same alpha and same payload (only the random padding of
         // the final routing slot, hence beta and gamma, differs)

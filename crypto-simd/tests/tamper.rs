@@ -8,21 +8,11 @@ mod common;
 use common::{Case, rng};
 use crypto_simd::sphinx::{
     DEFAULT_PAYLOAD_SIZE, HEADER_LEN, MIN_PAYLOAD_SIZE, PayloadError, ProcessError, Routing, Surb,
-    build_packet, process_in_place, recover_plaintext,
+    process_in_place, recover_plaintext,
 };
 
 fn built(case: &Case, seed: u64) -> Vec<u8> {
-    let mut packet = vec![0u8; case.packet_len()];
-    build_packet(
-        &case.route(),
-        &case.delays,
-        &case.destination,
-        &case.message,
-        &mut rng(seed),
-        &mut packet,
-    )
-    .expect("build");
-    packet
+    case.build(&mut rng(seed))
 }
 
 /// Processes `packet` through hops `from..` of `case`, returning the final payload or the

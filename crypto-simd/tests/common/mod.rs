@@ -122,4 +122,19 @@ impl Case {
     pub fn packet_len(&self) -> usize {
         crypto_simd::sphinx::HEADER_LEN + self.payload_size
     }
+
+    /// The case's packet, built by us with randomness from `rng`.
+    pub fn build(&self, rng: &mut ChaCha20Rng) -> Vec<u8> {
+        let mut packet = vec![0u8; self.packet_len()];
+        crypto_simd::sphinx::build_packet(
+            &self.route(),
+            &self.delays,
+            &self.destination,
+            &self.message,
+            rng,
+            &mut packet,
+        )
+        .expect("build");
+        packet
+    }
 }

@@ -304,26 +304,12 @@ fn ladder(scalars: &[[u8; 32]; LANES], points: &[[u8; 32]; LANES]) -> [[u8; 32];
     result.map(Fe::to_bytes)
 }
 
-/// The batch, eight at a time; a short last group is padded with dummy lanes.
+/// The batch, eight lanes at a time.
 ///
 /// # Safety
 ///
 /// The CPU must support AVX-512F and AVX-512 IFMA.
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub(crate) unsafe fn x25519_batch(scalars: &[[u8; 32]], points: &[[u8; 32]], out: &mut [[u8; 32]]) {
-    let mut dummy_point = [0u8; 32];
-    dummy_point[0] = 9;
-    for ((k, u), o) in scalars
-        .chunks(LANES)
-        .zip(points.chunks(LANES))
-        .zip(out.chunks_mut(LANES))
-    {
-        let mut ks = [[0u8; 32]; LANES];
-        let mut us = [dummy_point; LANES];
-        ks[..k.len()].copy_from_slice(k);
-        us[..u.len()].copy_from_slice(u);
-        let results = ladder(&ks, &us);
-        let n = o.len();
-        o.copy_from_slice(&results[..n]);
-    }
+    super::in_groups::<LANES>(scalars, points, out, |k, u| ladder(k, u));
 }
