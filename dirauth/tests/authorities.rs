@@ -1,0 +1,275 @@
+//! Three directory authorities on loopback: registration, votes, a consensus signed by all,
+//! the loss of one authority, bad submissions, a restart mid-epoch, withdrawal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{EPOCH_SECONDS, Net};
+use pki_client::{
+    IdentitySecret, SignedDescriptor, UnverifiedConsensus, VerifyError, Which, Withdrawal,
+};
+
+#[test]
+fn twenty_nodes_register_and_three_authorities_serve_one_consensus_signed_by_all() {
+    let mut net = Net::start(3, 1);
+    let nodes: Vec<(IdentitySecret, SignedDescriptor)> = (0..20).map(|i| net.node(i, 1)).collect();
+    for (_, d) in &nodes {
+        net.register(d);
+    }
+    let epoch = net.next_voted_epoch();
+    let client = net.client();
+    let checked = net.wait_for(&client, epoch);
+    // every authority serves the same bytes, carrying all three signatures
+    let first = net.raw(0, epoch);
+    for i in 1..3 {
+        assert_eq!(net.raw(i, epoch), first, "authority {i} serves other bytes");
+    }
+    let signed = pki_client::SignedConsensus::from_bytes(&first).unwrap();
+    assert_eq!(signed.signatures().len(), 3);
+    let now = common::unix_now() as u64;
+    let (after, _) = checked.validity();
+    let verified = checked.check_valid_at(after.max(now), 5).unwrap();
+    assert_eq!(verified.signed_by().len(), 3);
+    assert_eq!(verified.epoch(), epoch);
+    assert_eq!(verified.nodes().len(), 20);
+    for (_, d) in &nodes {
+        let node = verified
+            .node(&d.descriptor().identity.node_id())
+            .expect("registered node");
+        assert_eq!(node.bandwidth, d.descriptor().bandwidth);
+        assert_eq!(Some(node.mix_key), d.descriptor().mix_keys.for_epoch(epoch));
+    }
+    assert!(verified.consensus().to_json().contains("\"node_id\""));
+}
+
+#[test]
+fn two_of_three_authorities_still_produce_a_consensus_clients_accept() {
+    let mut net = Net::start(3, 2);
+    let nodes: Vec<_> = (0..6).map(|i| net.node(i, 1)).collect();
+    for (_, d) in &nodes {
+        net.register(d);
+    }
+    net.stop(2);
+    let epoch = net.next_voted_epoch();
+    let client = net.client();
+    let checked = net.wait_for(&client, epoch);
+    let signed = pki_client::SignedConsensus::from_bytes(&net.raw(0, epoch)).unwrap();
+    assert_eq!(
+        signed.signatures().len(),
+        2,
+        "two signatures, from the live authorities"
+    );
+    assert_eq!(net.raw(1, epoch), net.raw(0, epoch));
+    let (after, _) = checked.validity();
+    let verified = checked.check_valid_at(after, 0).unwrap();
+    assert_eq!(verified.nodes().len(), 6);
+}
+
+#[test]
+fn forged_malformed_oversized_and_replayed_descriptors_are_refused_and_change_nothing() {
+    let mut net = Net::start(3, 3);
+    let (_, good) = net.node(1, 5);
+    assert_eq!(net.post(0, "/v1/descriptors", &good.to_bytes()).0, 201);
+    let before = net.status(0);
+
+    // forged: a descriptor naming one key, signed by another
+    let (_, other) = net.node(2, 1);
+    let mut forged = good.to_bytes();
+    let n = forged.len();
+    forged[n - 64..].copy_from_slice(&other.to_bytes()[other.to_bytes().len() - 64..]);
+    let (status, reason) = net.post(0, "/v1/descriptors", &forged);
+    assert_eq!(status, 403, "{reason}");
+    assert!(reason.contains("bad signature"), "{reason}");
+
+    // altered after signing
+    let mut altered = good.to_bytes();
+    altered[40] ^= 1;
+    let (status, reason) = net.post(0, "/v1/descriptors", &altered);
+    assert!(status == 403 || status == 400, "{status} {reason}");
+
+    // malformed
+    let (status, reason) = net.post(0, "/v1/descriptors", b"not a descriptor at all, clearly");
+    assert_eq!(status, 400, "{reason}");
+    assert!(reason.contains("malformed"), "{reason}");
+
+    // oversized: beyond the body limit
+    let (status, _) = net.post(0, "/v1/descriptors", &vec![7u8; 8192]);
+    assert_eq!(status, 413);
+
+    // replayed: the same descriptor again, and an older one
+    let (status, reason) = net.post(0, "/v1/descriptors", &good.to_bytes());
+    assert_eq!(status, 409, "{reason}");
+    assert!(reason.contains("replayed"), "{reason}");
+
+    // a withdrawal with a stale sequence is a replay too
+    let (status, _) = net.post(0, "/v1/withdrawals", &[1u8; 100]);
+    assert_eq!(status, 400);
+
+    assert_eq!(net.status(0)["descriptors"], before["descriptors"]);
+    assert_eq!(net.status(0)["withdrawals"], before["withdrawals"]);
+}
+
+#[test]
+fn an_authority_restarted_mid_epoch_still_holds_every_registration() {
+    let mut net = Net::start(3, 4);
+    let nodes: Vec<_> = (0..20).map(|i| net.node(i, 1)).collect();
+    for (_, d) in &nodes {
+        net.register(d);
+    }
+    assert_eq!(net.status(0)["descriptors"], 20);
+    net.restart(0);
+    assert_eq!(
+        net.status(0)["descriptors"],
+        20,
+        "registrations lost in a restart"
+    );
+    // and it still takes part: the next consensus carries its signature and every node
+    let epoch = net.next_voted_epoch();
+    let client = net.client_of(0);
+    let checked = net.wait_for(&client, epoch);
+    let (after, _) = checked.validity();
+    let verified = checked.check_valid_at(after, 0).unwrap();
+    assert_eq!(verified.nodes().len(), 20);
+    assert!(verified.signed_by().contains(&net.endpoints[0].identity));
+}
+
+#[test]
+fn a_withdrawn_node_is_absent_from_the_next_consensus() {
+    let mut net = Net::start(3, 5);
+    let nodes: Vec<_> = (0..5).map(|i| net.node(i, 1)).collect();
+    for (_, d) in &nodes {
+        net.register(d);
+    }
+    let epoch = net.next_voted_epoch();
+    let client = net.client();
+    let first = net.wait_for(&client, epoch);
+    let (after, _) = first.validity();
+    assert_eq!(first.check_valid_at(after, 0).unwrap().nodes().len(), 5);
+
+    // withdraw node 0 from the next epoch that is still to be voted on
+    let (secret, d) = &nodes[0];
+    let from = net.next_voted_epoch();
+    let withdrawal = Withdrawal {
+        identity: d.descriptor().identity,
+        sequence: 2,
+        from_epoch: from,
+    }
+    .sign(secret)
+    .unwrap();
+    for (url, r) in client.withdraw(&withdrawal) {
+        r.unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    // the same withdrawal again is a replay
+    assert_eq!(
+        net.post(0, "/v1/withdrawals", &withdrawal.to_bytes()).0,
+        409
+    );
+
+    let later = net.wait_for(&client, from);
+    let (after, _) = later.validity();
+    let verified = later.check_valid_at(after, 0).unwrap();
+    assert_eq!(verified.nodes().len(), 4);
+    assert!(verified.node(&d.descriptor().identity.node_id()).is_none());
+}
+
+#[test]
+fn too_many_requests_from_one_address_are_rate_limited() {
+    let mut net = Net::start(1, 6);
+    net.limits.requests_per_second = 1.0;
+    net.limits.burst = 3.0;
+    net.restart(0);
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| net.post(0, "/v1/descriptors", b"x").0)
+        .collect();
+    assert_eq!(&statuses[..3], &[400, 400, 400]);
+    assert!(statuses[3..].iter().all(|&s| s == 429), "{statuses:?}");
+}
+
+#[test]
+fn a_consensus_altered_in_transit_is_refused_with_the_reason() {
+    let mut net = Net::start(3, 7);
+    let (_, d) = net.node(1, 1);
+    net.register(&d);
+    let epoch = net.next_voted_epoch();
+    let client = net.client();
+    net.wait_for(&client, epoch);
+    let mut bytes = net.raw(0, epoch);
+    // a byte of the body (past the magic and the length) changed
+    bytes[40] ^= 0x01;
+    let err = UnverifiedConsensus::from_bytes(&bytes)
+        .and_then(|u| u.check_signatures(client.authorities()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VerifyError::NotEnoughSignatures {
+                valid: 0,
+                invalid: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("altered"), "{err}");
+    // "current" serves the consensus of the current epoch once there is one
+    std::thread::sleep(std::time::Duration::from_secs(
+        (net.params.epoch_start(epoch) as f64 - common::unix_now()).max(0.0) as u64 + 1,
+    ));
+    let current = client.fetch(Which::Current, &mut net.rng).unwrap();
+    assert_eq!(current.epoch(), epoch);
+    let _ = EPOCH_SECONDS;
+}
+
+#[test]
+fn a_client_caches_the_consensus_and_fetches_the_next_one_ahead() {
+    let mut net = Net::start(3, 8);
+    let (_, d) = net.node(1, 1);
+    net.register(&d);
+    let cache = common::TempDir::new("client-cache");
+    let client = pki_client::PkiClient::new(
+        net.endpoints.clone(),
+        std::time::Duration::from_secs(2),
+        Some(cache.0.clone()),
+    )
+    .unwrap();
+    let epoch = net.next_voted_epoch();
+    let checked = net.wait_for(&client, epoch);
+    assert!(cache.0.join(format!("consensus-{epoch}.bin")).exists());
+    // the JSON rendering for people
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let json = agent
+        .get(&format!(
+            "{}/v1/consensus/{epoch}?format=json",
+            net.endpoints[0].url
+        ))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(json.contains(&d.descriptor().identity.to_hex()), "{json}");
+    // the next epoch's consensus, fetched ahead of time, before its epoch starts
+    let (after, _) = checked.validity();
+    let first_bytes = checked.to_bytes();
+    let current = checked.check_valid_at(after, 0).unwrap();
+    let ahead = loop {
+        let now = common::unix_now() as u64;
+        match client.fetch_next(&current, now.max(after), &mut net.rng) {
+            Ok(c) => break c,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    };
+    assert_eq!(ahead.epoch(), epoch + 1);
+    // with every authority gone, the cache still answers
+    for i in 0..3 {
+        net.stop(i);
+    }
+    let cached = client.fetch(Which::Epoch(epoch), &mut net.rng).unwrap();
+    assert_eq!(cached.to_bytes(), first_bytes);
+    assert!(client.fetch(Which::Epoch(epoch + 5), &mut net.rng).is_err());
+}
