@@ -88,7 +88,7 @@ fn emission(c: &mut Criterion) {
         b.iter(|| {
             let _ = emitter.push_forward(7, &mut rng);
             let now = emitter.poll_timeout();
-            let (_, e) = emitter.on_slot(now, true, &mut rng).unwrap();
+            let (_, e) = emitter.on_slot(now, true).unwrap();
             black_box(matches!(e, Emission::Forward(_)))
         })
     });

@@ -10,7 +10,7 @@
 //! 2. a forward whose delay has expired, if the forward budget allows (a token bucket at
 //!    that rate);
 //! 3. its own data, if it has some and the own-data limit allows;
-//! 4. otherwise a loop, to fill the slot.
+//! 4. otherwise cover, to fill the slot (see [`Emission::Cover`]).
 //!
 //! Forwards come before own data, unlike the order in which Algorithm 2 lists them, so that
 //! the forwarding rate depends on the forward load alone: were own data served first, a
@@ -36,7 +36,8 @@
 
 use std::collections::VecDeque;
 
-use rand_core::Rng;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
 
 use crate::sampler::{PoissonClock, SamplerError};
 use crate::time::Timestamp;
@@ -120,8 +121,22 @@ pub enum Emission<T> {
     ScheduledLoop,
     /// A forward whose delay has expired.
     Forward(T),
-    /// A loop that fills a slot nothing else wanted.
-    FillerLoop,
+    /// Cover that fills a slot nothing else wanted. Algorithm 2 fills with loops, but a
+    /// loop of h hops makes h forwards elsewhere, and an idle network filling every slot
+    /// with loops would carry h / (h + 1) of its capacity as forwards, more than the
+    /// forward budget `1 - rho / h`: it would drop its own loops. The engine sends drop
+    /// cover instead (Loopix's): one hop, discarded by the node it reaches, and keeps the
+    /// L scheduled loops for measuring the network.
+    Cover,
+}
+
+/// Why a forward was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardDrop {
+    /// At random: the forward load exceeds the budget.
+    Budget,
+    /// The ready queue was full.
+    QueueFull,
 }
 
 /// What the emitter did, per category and per drop reason.
@@ -133,8 +148,8 @@ pub struct EmissionCounters {
     pub scheduled_loops: u64,
     /// Slots that carried a forward.
     pub forwards: u64,
-    /// Slots filled with a loop.
-    pub filler_loops: u64,
+    /// Slots filled with cover.
+    pub cover: u64,
     /// Forwards dropped at random because the load exceeds the forward budget.
     pub dropped_forwards: u64,
     /// Forwards dropped because the ready queue was full (a burst larger than a quarter of
@@ -147,7 +162,7 @@ pub struct EmissionCounters {
 impl EmissionCounters {
     /// Every slot emitted.
     pub fn emitted(&self) -> u64 {
-        self.own + self.scheduled_loops + self.forwards + self.filler_loops
+        self.own + self.scheduled_loops + self.forwards + self.cover
     }
 }
 
@@ -155,6 +170,9 @@ impl EmissionCounters {
 #[derive(Debug)]
 pub struct Emitter<T> {
     params: EmissionParams,
+    /// The randomness of the slot and loop clocks, and theirs alone: the departure times
+    /// are a function of the seed, whatever the node has to send.
+    clock_rng: ChaCha20Rng,
     clock: PoissonClock,
     loop_clock: Option<PoissonClock>,
     next_slot: Timestamp,
@@ -172,12 +190,17 @@ pub struct Emitter<T> {
 }
 
 impl<T> Emitter<T> {
-    /// An emitter whose first slot follows `now` by a Poisson gap.
+    /// An emitter whose first slot follows `now` by a Poisson gap. Its clocks draw from
+    /// their own generator, seeded from `rng`: no other use of randomness (dropping,
+    /// building packets) can shift a departure.
     pub fn new<R: Rng + ?Sized>(
         params: EmissionParams,
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Self, ParamsError> {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let mut clock_rng = ChaCha20Rng::from_seed(seed);
         let clock = PoissonClock::new(params.b).map_err(ParamsError::Rate)?;
         if !params.rho.is_finite() || params.rho < 1.0 {
             return Err(ParamsError::Rho);
@@ -205,13 +228,14 @@ impl<T> Emitter<T> {
         } else {
             None
         };
-        let next_slot = now.saturating_add(clock.next_gap(rng));
+        let next_slot = now.saturating_add(clock.next_gap(&mut clock_rng));
         let next_loop = match &loop_clock {
-            Some(c) => now.saturating_add(c.next_gap(rng)),
+            Some(c) => now.saturating_add(c.next_gap(&mut clock_rng)),
             None => now,
         };
         Ok(Emitter {
             params,
+            clock_rng,
             clock,
             loop_clock,
             next_slot,
@@ -250,18 +274,22 @@ impl<T> Emitter<T> {
         self.next_slot
     }
 
-    /// Queues a forward whose delay has expired, or drops it and gives it back (the caller
-    /// frees its buffer): at random with the probability set at the last slot, or because
-    /// the queue is full. Allocates nothing.
-    pub fn push_forward<R: Rng + ?Sized>(&mut self, item: T, rng: &mut R) -> Result<(), T> {
+    /// Queues a forward whose delay has expired, or drops it and gives it back with the
+    /// reason (the caller frees its buffer): at random with the probability set at the last
+    /// slot, or because the queue is full. Allocates nothing.
+    pub fn push_forward<R: Rng + ?Sized>(
+        &mut self,
+        item: T,
+        rng: &mut R,
+    ) -> Result<(), (T, ForwardDrop)> {
         let p = self.drop_probability;
         if p > 0.0 && (p >= 1.0 || uniform_unit(rng) < p) {
             self.counters.dropped_forwards += 1;
-            return Err(item);
+            return Err((item, ForwardDrop::Budget));
         }
         if self.ready.len() >= self.params.forward_queue {
             self.counters.overflowed_forwards += 1;
-            return Err(item);
+            return Err((item, ForwardDrop::QueueFull));
         }
         self.ready.push_back(item);
         Ok(())
@@ -270,17 +298,17 @@ impl<T> Emitter<T> {
     /// Decides the slot due at [`Self::poll_timeout`], if `now` has reached it, and
     /// schedules the next one. `own_waiting` says whether own data is queued. Returns the
     /// slot's time (when the packet should leave) and what it carries. Allocates nothing.
-    pub fn on_slot<R: Rng + ?Sized>(
+    pub fn on_slot(
         &mut self,
         now: Timestamp,
         own_waiting: bool,
-        rng: &mut R,
     ) -> Option<(Timestamp, Emission<T>)> {
+        let rng = &mut self.clock_rng;
         if now < self.next_slot {
             return None;
         }
         let slot = self.next_slot;
-        self.next_slot = slot.saturating_add(self.clock.next_gap(rng));
+        self.next_slot = slot.saturating_add(self.clock.next_gap(&mut *rng));
 
         if let Some(loop_clock) = &self.loop_clock {
             while self.next_loop <= slot {
@@ -289,7 +317,9 @@ impl<T> Emitter<T> {
                 } else {
                     self.counters.skipped_loops += 1;
                 }
-                self.next_loop = self.next_loop.saturating_add(loop_clock.next_gap(rng));
+                self.next_loop = self
+                    .next_loop
+                    .saturating_add(loop_clock.next_gap(&mut *rng));
             }
         }
         let elapsed = slot.saturating_since(self.last_slot).as_nanos() as f64;
@@ -315,8 +345,8 @@ impl<T> Emitter<T> {
             self.counters.own += 1;
             Emission::Own
         } else {
-            self.counters.filler_loops += 1;
-            Emission::FillerLoop
+            self.counters.cover += 1;
+            Emission::Cover
         };
 
         // the drop probability until the next slot: 0 below a quarter of the queue, 1 from

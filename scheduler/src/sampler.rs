@@ -32,6 +32,9 @@ pub struct ExpDelay {
 }
 
 impl ExpDelay {
+    /// Always zero.
+    pub const ZERO: ExpDelay = ExpDelay { mean_nanos: 0.0 };
+
     /// Delays with the given mean, 1/lambda.
     pub fn new(mean: Duration) -> Result<Self, SamplerError> {
         if mean > MAX_MEAN_DELAY {

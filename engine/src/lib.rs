@@ -1,0 +1,17 @@
+//! The engine of a mixed node, sans-IO (after quinn-proto): unwrap, replay check, hold for
+//! the sender's delay, forward through the constant-rate emission of Algorithm 2, loops
+//! that measure the network, deliveries to the layer above. The io_uring runtime and the
+//! deterministic test network ([`sim`]) are two drivers of the same engine.
+
+#![forbid(unsafe_code)]
+
+pub mod counters;
+pub mod engine;
+pub mod loops;
+pub mod pool;
+pub mod replay;
+pub mod sim;
+
+pub use counters::{Counters, DropReason, OutCategory};
+pub use engine::{Engine, EngineConfig, EpochKeys, Event, InstallError, SendError, Transmit};
+pub use replay::{ReplayFilter, Seen};

@@ -1,0 +1,230 @@
+//! Loops: packets a node sends around a random path back to itself (paper, section 4.4).
+//! Their returns measure each node's reliability, which biases path selection, and a
+//! collapse of returns is the sign of an n-1 attack around this node (section 5.0.2).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use scheduler::Timestamp;
+
+/// Weight of one loop's outcome in a node's reliability.
+const RELIABILITY_ALPHA: f64 = 0.05;
+/// The least reliability a node keeps, so that it is still tested now and then.
+const RELIABILITY_FLOOR: f64 = 0.05;
+/// Loop outcomes in the recent window.
+const WINDOW: usize = 64;
+/// Weight of one outcome in the usual return rate.
+const USUAL_ALPHA: f64 = 0.01;
+/// The recent return rate below this fraction of the usual one raises the alarm.
+const COLLAPSE_RATIO: f64 = 0.5;
+
+#[derive(Clone, Debug)]
+struct Pending {
+    sent: Timestamp,
+    hops: [[u8; 32]; 4],
+    hop_count: usize,
+}
+
+/// What became of a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopOutcome {
+    /// It came back after this long.
+    Returned(Duration),
+    /// It did not come back in time.
+    Lost,
+}
+
+/// The loops in flight and what their returns taught.
+#[derive(Debug)]
+pub struct LoopTracker {
+    max: usize,
+    pending: HashMap<[u8; 16], Pending>,
+    order: VecDeque<([u8; 16], Timestamp)>,
+    reliability: HashMap<[u8; 32], f64>,
+    window: VecDeque<bool>,
+    usual: f64,
+    outcomes: u64,
+    alarmed: bool,
+}
+
+impl LoopTracker {
+    /// A tracker of up to `max` loops in flight.
+    pub fn new(max: usize) -> Self {
+        LoopTracker {
+            max: max.max(1),
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            reliability: HashMap::new(),
+            window: VecDeque::with_capacity(WINDOW),
+            usual: 1.0,
+            outcomes: 0,
+            alarmed: false,
+        }
+    }
+
+    /// Loops in flight.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Records a loop sent at `now` through `hops`, lost unless back by `now + timeout`.
+    /// With `max` loops in flight, the oldest counts as lost to make room.
+    pub fn sent(
+        &mut self,
+        id: [u8; 16],
+        hops: [[u8; 32]; 4],
+        hop_count: usize,
+        now: Timestamp,
+        timeout: Duration,
+    ) -> Option<LoopOutcome> {
+        let mut evicted = None;
+        if self.pending.len() >= self.max
+            && let Some((old, _)) = self.order.pop_front()
+            && self.pending.contains_key(&old)
+        {
+            self.finish(&old, false);
+            evicted = Some(LoopOutcome::Lost);
+        }
+        let deadline = now.saturating_add(timeout);
+        self.pending.insert(
+            id,
+            Pending {
+                sent: now,
+                hops,
+                hop_count: hop_count.min(4),
+            },
+        );
+        self.order.push_back((id, deadline));
+        evicted
+    }
+
+    /// A loop came back: its latency, or `None` if `id` is not a loop in flight.
+    pub fn returned(&mut self, id: &[u8; 16], now: Timestamp) -> Option<Duration> {
+        let sent = self.pending.get(id)?.sent;
+        self.finish(id, true);
+        Some(now.saturating_since(sent))
+    }
+
+    /// Loops whose time ran out by `now`, counted as lost; how many.
+    pub fn expire(&mut self, now: Timestamp) -> usize {
+        let mut lost = 0;
+        while let Some(&(id, deadline)) = self.order.front() {
+            if deadline > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.pending.contains_key(&id) {
+                self.finish(&id, false);
+                lost += 1;
+            }
+        }
+        lost
+    }
+
+    /// When the oldest loop in flight times out.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.order
+            .iter()
+            .find(|(id, _)| self.pending.contains_key(id))
+            .map(|&(_, d)| d)
+    }
+
+    fn finish(&mut self, id: &[u8; 16], returned: bool) {
+        let Some(p) = self.pending.remove(id) else {
+            return;
+        };
+        let outcome = if returned { 1.0 } else { 0.0 };
+        for hop in &p.hops[..p.hop_count] {
+            let r = self.reliability.entry(*hop).or_insert(1.0);
+            *r = (*r * (1.0 - RELIABILITY_ALPHA) + outcome * RELIABILITY_ALPHA)
+                .max(RELIABILITY_FLOOR);
+        }
+        if self.window.len() == WINDOW {
+            self.window.pop_front();
+        }
+        self.window.push_back(returned);
+        self.outcomes += 1;
+        // the usual rate learns slowly, and not from a collapse in progress
+        if !self.alarmed {
+            self.usual = self.usual * (1.0 - USUAL_ALPHA) + outcome * USUAL_ALPHA;
+        }
+    }
+
+    /// A node's reliability in [0.05, 1] (1 for a node never tested).
+    pub fn reliability(&self, node: &[u8; 32]) -> f64 {
+        self.reliability.get(node).copied().unwrap_or(1.0)
+    }
+
+    /// The fraction of the last 64 loops that returned, once 64 have ended.
+    pub fn recent(&self) -> Option<f64> {
+        (self.window.len() == WINDOW)
+            .then(|| self.window.iter().filter(|&&r| r).count() as f64 / WINDOW as f64)
+    }
+
+    /// `Some((recent, usual))` when loops stop returning: the recent rate below half the
+    /// usual one. Reported once per collapse; re-armed when returns recover.
+    pub fn collapse(&mut self) -> Option<(f64, f64)> {
+        let recent = self.recent()?;
+        if self.outcomes < 4 * WINDOW as u64 {
+            return None;
+        }
+        let collapsed = recent < COLLAPSE_RATIO * self.usual;
+        if collapsed && !self.alarmed {
+            self.alarmed = true;
+            return Some((recent, self.usual));
+        }
+        if !collapsed {
+            self.alarmed = false;
+        }
+        None
+    }
+
+    /// What became of loop `id`, for tests: whether it is still in flight.
+    pub fn is_pending(&self, id: &[u8; 16]) -> bool {
+        self.pending.contains_key(id)
+    }
+}
+
+impl LoopOutcome {
+    /// Whether the loop came back.
+    pub fn returned(self) -> bool {
+        matches!(self, LoopOutcome::Returned(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_and_losses_move_reliability_and_collapse_raises_one_alarm() {
+        let mut t = LoopTracker::new(1000);
+        let hops = [[1u8; 32], [2u8; 32], [0; 32], [0; 32]];
+        let mut now = Timestamp::ZERO;
+        let timeout = Duration::from_secs(1);
+        for i in 0..400u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            t.sent(id, hops, 2, now, timeout);
+            now = now.saturating_add(Duration::from_millis(10));
+            assert!(t.returned(&id, now).is_some());
+        }
+        assert_eq!(t.reliability(&[1u8; 32]), 1.0);
+        assert_eq!(t.collapse(), None);
+        // now nothing returns
+        let mut alarms = 0;
+        for i in 400..600u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            t.sent(id, hops, 2, now, timeout);
+            now = now.saturating_add(Duration::from_secs(2));
+            assert_eq!(t.expire(now), 1);
+            if t.collapse().is_some() {
+                alarms += 1;
+            }
+        }
+        assert_eq!(alarms, 1, "one alarm per collapse");
+        assert!(t.reliability(&[1u8; 32]) < 0.1);
+        assert_eq!(t.reliability(&[9u8; 32]), 1.0);
+    }
+}

@@ -1,0 +1,337 @@
+//! A deterministic test network: many engines in one process, virtual time, and links that
+//! delay, lose, duplicate, replay and tamper with datagrams, all drawn from one seed. The
+//! same seed replays a run bit for bit, so a failing seed is a reproducible bug report
+//! (after TigerBeetle's VOPR).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crypto_simd::sphinx::MixSecretKey;
+use pki_client::{
+    AuthoritySet, Consensus, IdentitySecret, MixKeys, NetworkParams, NodeDescriptor, Roles,
+    SignedConsensus, UnverifiedConsensus, VerifiedConsensus, Vote,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use scheduler::Timestamp;
+
+use crate::engine::{Engine, EngineConfig, EpochKeys, Event};
+use crate::replay::ReplayFilter;
+
+/// What the links do to datagrams. Probabilities are per datagram.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkModel {
+    /// The least one-way delay.
+    pub delay: Duration,
+    /// A uniform extra delay up to this (so datagrams reorder).
+    pub jitter: Duration,
+    /// Lost.
+    pub loss: f64,
+    /// Delivered twice.
+    pub duplicate: f64,
+    /// Delivered again, up to a second later, as an attacker's replay.
+    pub replay: f64,
+    /// One byte flipped on the way.
+    pub tamper: f64,
+}
+
+impl LinkModel {
+    /// Perfect links of 1 ms.
+    pub const PERFECT: LinkModel = LinkModel {
+        delay: Duration::from_millis(1),
+        jitter: Duration::ZERO,
+        loss: 0.0,
+        duplicate: 0.0,
+        replay: 0.0,
+        tamper: 0.0,
+    };
+}
+
+/// What happened on the links.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Lost.
+    pub lost: u64,
+    /// Duplicated.
+    pub duplicated: u64,
+    /// Replayed.
+    pub replayed: u64,
+    /// Tampered with.
+    pub tampered: u64,
+}
+
+/// A datagram on a link: arrival time, sequence (ties keep sending order), destination
+/// node, bytes.
+type InFlight = (Timestamp, u64, usize, Vec<u8>);
+
+/// One node of the network.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Its engine.
+    pub engine: Engine,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its identity.
+    pub identity: IdentitySecret,
+    /// Events it produced, in order.
+    pub events: Vec<(Timestamp, Event)>,
+}
+
+/// The network.
+#[derive(Debug)]
+pub struct Sim {
+    /// Virtual time.
+    pub now: Timestamp,
+    /// The nodes.
+    pub nodes: Vec<SimNode>,
+    /// The consensus they share.
+    pub consensus: Arc<VerifiedConsensus>,
+    /// The links.
+    pub link: LinkModel,
+    /// What the links did.
+    pub stats: LinkStats,
+    /// The seed.
+    pub seed: u64,
+    by_addr: HashMap<SocketAddr, usize>,
+    in_flight: BinaryHeap<Reverse<InFlight>>,
+    rng: ChaCha20Rng,
+    seq: u64,
+    buf: Vec<u8>,
+}
+
+/// Network parameters for simulations: 1,452-byte packets, `hops` hops, rho = 1.5, mean
+/// delay 10 ms, L = 2 loops of 5 packets a second.
+pub fn params(hops: u8) -> NetworkParams {
+    NetworkParams {
+        packet_size: 1452,
+        hops,
+        rho_permille: 1500,
+        mean_delay_micros: 10_000,
+        loops: 2,
+        loop_rate_millis: 5_000,
+        epoch_seconds: 1 << 30,
+        genesis_unix: 0,
+    }
+}
+
+impl Sim {
+    /// `n` nodes emitting `rate` packets a second each, under `params`, on links `link`.
+    /// Everything random comes from `seed`.
+    pub fn new(n: usize, seed: u64, params: NetworkParams, rate: f64, link: LinkModel) -> Sim {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let authority = IdentitySecret::generate(&mut rng);
+        let mut identities = Vec::new();
+        let mut mix_secrets = Vec::new();
+        let mut descriptors = Vec::new();
+        for i in 0..n {
+            let identity = IdentitySecret::generate(&mut rng);
+            let mix = MixSecretKey::generate(&mut rng);
+            let addr = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1)),
+                4000,
+            );
+            let d = NodeDescriptor {
+                identity: identity.public(),
+                sequence: 1,
+                addresses: vec![addr],
+                bandwidth: rate.max(1.0) as u32,
+                roles: Roles {
+                    mix: true,
+                    services: vec![],
+                },
+                mix_keys: MixKeys {
+                    first_epoch: 0,
+                    keys: vec![mix.public_key().0],
+                },
+            };
+            // the descriptor is built from valid values; signing cannot fail
+            if let Ok(signed) = d.sign(&identity) {
+                descriptors.push(signed);
+            }
+            identities.push((identity, addr));
+            mix_secrets.push(mix);
+        }
+        let vote = Vote {
+            authority: authority.public(),
+            epoch: 0,
+            descriptors,
+        };
+        let consensus = Consensus::compute(0, params, &[&vote], 1);
+        let signed = SignedConsensus::new(&consensus, vec![consensus.sign(&authority)]);
+        let verified = UnverifiedConsensus::new(signed)
+            .check_signatures(&AuthoritySet::including(authority.public(), []))
+            .and_then(|c| c.check_valid_at(consensus.valid_after, 0));
+        let verified = match verified {
+            Ok(v) => Arc::new(v),
+            Err(e) => unreachable_consensus(e),
+        };
+        let mut nodes = Vec::new();
+        let mut by_addr = HashMap::new();
+        for (i, ((identity, addr), mix)) in identities.into_iter().zip(mix_secrets).enumerate() {
+            let mut seed = [0u8; 32];
+            rng.fill_bytes(&mut seed);
+            let mut config = EngineConfig::new(identity.public().node_id(), rate);
+            // loops take tens of milliseconds here: decide their fate quickly
+            config.loop_timeout = Duration::from_secs(2);
+            let mut engine = match Engine::new(config, seed) {
+                Ok(e) => e,
+                Err(e) => unreachable_consensus(e),
+            };
+            let keys = EpochKeys {
+                consensus: Arc::clone(&verified),
+                secret: mix,
+                replay: Arc::new(ReplayFilter::new(1 << 20)),
+            };
+            if let Err(e) = engine.install_epoch(keys, Timestamp::ZERO) {
+                unreachable_consensus(e);
+            }
+            by_addr.insert(addr, i);
+            nodes.push(SimNode {
+                engine,
+                addr,
+                identity,
+                events: Vec::new(),
+            });
+        }
+        Sim {
+            now: Timestamp::ZERO,
+            nodes,
+            consensus: verified,
+            link,
+            stats: LinkStats::default(),
+            seed,
+            by_addr,
+            in_flight: BinaryHeap::new(),
+            rng,
+            seq: 0,
+            buf: vec![0u8; 65_536],
+        }
+    }
+
+    /// Node `i`'s ID.
+    pub fn node_id(&self, i: usize) -> [u8; 32] {
+        self.nodes[i].identity.public().node_id()
+    }
+
+    fn uniform(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn schedule(&mut self, at: Timestamp, to: usize, bytes: Vec<u8>) {
+        self.seq += 1;
+        self.in_flight.push(Reverse((at, self.seq, to, bytes)));
+    }
+
+    /// Puts a datagram on the link to `to`, as the link model says.
+    fn transmit(&mut self, to: usize, mut bytes: Vec<u8>) {
+        self.stats.sent += 1;
+        if self.uniform() < self.link.loss {
+            self.stats.lost += 1;
+            return;
+        }
+        if self.uniform() < self.link.tamper && !bytes.is_empty() {
+            let at = (self.rng.next_u64() % bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << (self.rng.next_u32() % 8);
+            self.stats.tampered += 1;
+        }
+        let jitter = self.link.jitter.mul_f64(self.uniform());
+        let at = self.now.saturating_add(self.link.delay + jitter);
+        if self.uniform() < self.link.duplicate {
+            self.stats.duplicated += 1;
+            self.schedule(at, to, bytes.clone());
+        }
+        if self.uniform() < self.link.replay {
+            self.stats.replayed += 1;
+            let later = at.saturating_add(Duration::from_secs(1).mul_f64(self.uniform()));
+            self.schedule(later, to, bytes.clone());
+        }
+        self.schedule(at, to, bytes);
+    }
+
+    /// Delivers `bytes` to node `to` after the link delay, as an attacker would (no loss).
+    pub fn inject(&mut self, to: usize, bytes: Vec<u8>) {
+        let at = self.now.saturating_add(self.link.delay);
+        self.schedule(at, to, bytes);
+    }
+
+    /// Runs the network until virtual time `until`.
+    pub fn run_until(&mut self, until: Timestamp) {
+        loop {
+            let next_arrival = self.in_flight.peek().map(|Reverse((t, ..))| *t);
+            let next_timer = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.engine.poll_timeout())
+                .min();
+            let Some(next) = [next_arrival, next_timer].into_iter().flatten().min() else {
+                self.now = until;
+                return;
+            };
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = self.now.max(next);
+            self.step();
+        }
+    }
+
+    /// One step at `now`: arrivals due, timers due, then everything the nodes send.
+    fn step(&mut self) {
+        let mut arrivals: Vec<(usize, Vec<u8>)> = Vec::new();
+        while let Some(Reverse((t, ..))) = self.in_flight.peek() {
+            if *t > self.now {
+                break;
+            }
+            if let Some(Reverse((_, _, to, bytes))) = self.in_flight.pop() {
+                arrivals.push((to, bytes));
+            }
+        }
+        arrivals.sort_by_key(|(to, _)| *to);
+        let now = self.now;
+        let mut start = 0;
+        while start < arrivals.len() {
+            let to = arrivals[start].0;
+            let end = start
+                + arrivals[start..]
+                    .iter()
+                    .take_while(|(t, _)| *t == to)
+                    .count();
+            let mut batch: Vec<Vec<u8>> = arrivals[start..end]
+                .iter()
+                .map(|(_, b)| b.clone())
+                .collect();
+            self.nodes[to].engine.handle_datagrams(now, &mut batch);
+            start = end;
+        }
+        for node in &mut self.nodes {
+            if node.engine.poll_timeout().is_some_and(|t| t <= now) {
+                node.engine.handle_timeout(now);
+            }
+        }
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            while let Some(t) = node.engine.poll_transmit(&mut self.buf) {
+                out.push((i, t.to, self.buf[..t.len].to_vec()));
+            }
+            while let Some(e) = node.engine.poll_event() {
+                node.events.push((now, e));
+            }
+        }
+        for (_, to, bytes) in out {
+            if let Some(&j) = self.by_addr.get(&to) {
+                self.transmit(j, bytes);
+            }
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_consensus(e: impl std::fmt::Display) -> ! {
+    panic!("the simulation's own consensus failed to verify: {e}")
+}

@@ -1,0 +1,219 @@
+//! The engine on the deterministic test network. Every test names its seed in its failure
+//! messages; `Sim::new` with that seed replays the run bit for bit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use engine::sim::{LinkModel, Sim, params};
+use engine::{DropReason, Event};
+use scheduler::Timestamp;
+
+fn at(seconds: f64) -> Timestamp {
+    Timestamp::from_nanos((seconds * 1e9) as u64)
+}
+
+fn delivered(sim: &Sim) -> HashMap<[u8; 16], (usize, Vec<u8>)> {
+    let mut out = HashMap::new();
+    for (i, node) in sim.nodes.iter().enumerate() {
+        for (_, e) in &node.events {
+            if let Event::Message {
+                identifier,
+                payload,
+            } = e
+            {
+                assert!(
+                    out.insert(*identifier, (i, payload.clone())).is_none(),
+                    "seed {}: message delivered twice",
+                    sim.seed
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn twenty_nodes_deliver_every_message_over_three_hops() {
+    let seed = 1;
+    let mut sim = Sim::new(20, seed, params(3), 100.0, LinkModel::PERFECT);
+    sim.run_until(at(0.5));
+    let mut sent = HashMap::new();
+    for round in 0..5 {
+        for from in 0..20 {
+            let to = (from + 1 + round * 3) % 20;
+            let payload = format!("message {round} from {from} to {to}").into_bytes();
+            let dest = sim.node_id(to);
+            let id = sim.nodes[from]
+                .engine
+                .send_message(dest, &payload)
+                .unwrap_or_else(|e| panic!("seed {seed}: send: {e}"));
+            sent.insert(id, (to, payload));
+        }
+    }
+    sim.run_until(at(5.0));
+    let got = delivered(&sim);
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "seed {seed}: {} of {} delivered",
+        got.len(),
+        sent.len()
+    );
+    for (id, want) in &sent {
+        assert_eq!(got.get(id), Some(want), "seed {seed}");
+    }
+    for node in &sim.nodes {
+        let c = node.engine.counters();
+        assert_eq!(c.drops(DropReason::ForwardBudget), 0, "seed {seed}: {c:?}");
+        assert!(
+            c.loops_returned > 0 && c.cover_received > 0,
+            "seed {seed}: {c:?}"
+        );
+    }
+}
+
+#[test]
+fn with_five_percent_loss_per_link_loops_return_at_the_expected_rate() {
+    let seed = 2;
+    let link = LinkModel {
+        loss: 0.05,
+        ..LinkModel::PERFECT
+    };
+    let mut sim = Sim::new(20, seed, params(3), 100.0, link);
+    sim.run_until(at(60.0));
+    let (mut returned, mut lost, mut budget_drops) = (0, 0, 0);
+    for node in &sim.nodes {
+        let c = node.engine.counters();
+        returned += c.loops_returned;
+        lost += c.loops_lost;
+        budget_drops += c.drops(DropReason::ForwardBudget) + c.drops(DropReason::ForwardQueueFull);
+    }
+    // a loop of three hops crosses four links: it returns with probability 0.95^4 (losses
+    // count after the 2-second loop timeout, returns at once: over 60 s the estimate leans
+    // high by about 2/60 of the loss fraction, 0.006)
+    let expected = 0.95f64.powi(4);
+    let rate = returned as f64 / (returned + lost) as f64;
+    assert!(
+        returned + lost > 5_000,
+        "seed {seed}: only {} loops ended",
+        returned + lost
+    );
+    assert_eq!(budget_drops, 0, "seed {seed}: forwards dropped for budget");
+    assert!(
+        (rate - expected).abs() < 0.02,
+        "seed {seed}: loops returned at {rate:.4}, expected {expected:.4} ({returned} returned, {lost} lost)"
+    );
+}
+
+#[test]
+fn replays_and_tampered_packets_are_dropped_and_counted() {
+    let seed = 3;
+    let link = LinkModel {
+        replay: 0.05,
+        duplicate: 0.02,
+        tamper: 0.02,
+        ..LinkModel::PERFECT
+    };
+    let mut sim = Sim::new(10, seed, params(3), 100.0, link);
+    sim.run_until(at(0.5));
+    let mut sent = 0;
+    for from in 0..10 {
+        for k in 0..5 {
+            let to = (from + 1 + k) % 10;
+            let dest = sim.node_id(to);
+            sim.nodes[from].engine.send_message(dest, b"hello").unwrap();
+            sent += 1;
+        }
+    }
+    sim.run_until(at(20.0));
+    let got = delivered(&sim); // panics on a duplicate delivery
+    assert!(
+        got.values().all(|(_, p)| p == b"hello"),
+        "seed {seed}: a corrupt delivery"
+    );
+    let mut total = engine::Counters::default();
+    for node in &sim.nodes {
+        total.add(node.engine.counters());
+    }
+    assert!(
+        total.drops(DropReason::Replay) > 100,
+        "seed {seed}: {total:?}"
+    );
+    assert!(
+        total.drops(DropReason::HeaderMac) > 10,
+        "seed {seed}: {total:?}"
+    );
+    assert!(
+        total.drops(DropReason::CorruptPayload) > 0,
+        "seed {seed}: {total:?}"
+    );
+    assert!(sim.stats.replayed > 100 && sim.stats.tampered > 10);
+    // most messages still arrive (a tampered packet of a message is lost with it)
+    assert!(
+        got.len() * 10 >= sent * 8,
+        "seed {seed}: {} of {sent}",
+        got.len()
+    );
+}
+
+#[test]
+fn a_node_emits_the_same_packets_idle_and_at_its_maximum_own_rate() {
+    let seed = 4;
+    let run = |busy: bool| {
+        let mut sim = Sim::new(6, seed, params(3), 200.0, LinkModel::PERFECT);
+        let dest = sim.node_id(3);
+        let mut t = 0.0;
+        let mut departures = Vec::new();
+        while t < 100.0 {
+            t += 0.05;
+            if busy {
+                // keep node 0's own queue full
+                while sim.nodes[0].engine.own_queued() < 32 {
+                    sim.nodes[0].engine.send_message(dest, b"busy").unwrap();
+                }
+            }
+            sim.run_until(at(t));
+            departures.push(sim.nodes[0].engine.counters().total_sent());
+        }
+        (sim.nodes[0].engine.counters().clone(), departures)
+    };
+    let (idle, idle_departures) = run(false);
+    let (busy, busy_departures) = run(true);
+    assert_eq!(idle.sent_own, 0);
+    assert!(
+        busy.sent_own > 1000,
+        "seed {seed}: own data sent {}",
+        busy.sent_own
+    );
+    let ratio = busy.total_sent() as f64 / idle.total_sent() as f64;
+    assert!(
+        (ratio - 1.0).abs() < 0.01,
+        "seed {seed}: idle sent {}, busy sent {}",
+        idle.total_sent(),
+        busy.total_sent()
+    );
+    // departure times come from the emission clock alone: the same, step by step
+    assert_eq!(idle_departures, busy_departures, "seed {seed}");
+}
+
+#[test]
+fn garbage_and_wrong_sizes_are_counted_never_crash() {
+    let seed = 5;
+    let mut sim = Sim::new(4, seed, params(3), 50.0, LinkModel::PERFECT);
+    sim.run_until(at(0.2));
+    for len in [0usize, 1, 347, 348, 1000, 1451, 1453, 9000] {
+        sim.inject(1, vec![0xab; len]);
+    }
+    sim.inject(1, vec![0u8; 1452]);
+    sim.inject(1, vec![0xff; 1452]);
+    sim.run_until(at(1.0));
+    let c = sim.nodes[1].engine.counters();
+    assert_eq!(c.drops(DropReason::WrongSize), 8, "seed {seed}: {c:?}");
+    assert!(
+        c.drops(DropReason::HeaderMac) + c.drops(DropReason::LowOrderAlpha) >= 2,
+        "seed {seed}: {c:?}"
+    );
+    let _ = Duration::ZERO;
+}
