@@ -127,6 +127,9 @@ pub enum Event {
 pub struct Transmit {
     /// Where to.
     pub to: SocketAddr,
+    /// The emission slot it belongs to: it should leave at this time (the difference from
+    /// the actual departure is the node's delay accuracy).
+    pub due: Timestamp,
     /// Its length, at the start of the buffer given to [`Engine::poll_transmit`].
     pub len: usize,
     /// What it carries (never on the wire: for counters and tests).
@@ -169,6 +172,7 @@ struct Queued {
     buf: u32,
     to: SocketAddr,
     category: OutCategory,
+    due: Timestamp,
 }
 
 /// A prebuilt loop.
@@ -503,8 +507,8 @@ impl Engine {
         }
 
         if let Some(mut emitter) = self.emitter.take() {
-            while let Some((_, emission)) = emitter.on_slot(now, !self.own.is_empty()) {
-                self.fill_slot(now, emission);
+            while let Some((slot, emission)) = emitter.on_slot(now, !self.own.is_empty()) {
+                self.fill_slot(now, slot, emission);
             }
             self.emitter = Some(emitter);
         }
@@ -523,13 +527,14 @@ impl Engine {
         }
     }
 
-    fn fill_slot(&mut self, now: Timestamp, emission: Emission<u32>) {
+    fn fill_slot(&mut self, now: Timestamp, slot: Timestamp, emission: Emission<u32>) {
         let queued = match emission {
             Emission::Own => self.own.pop_front(),
             Emission::Forward(buf) => self.next_hop[buf as usize].take().map(|to| Queued {
                 buf,
                 to,
                 category: OutCategory::Forward,
+                due: slot,
             }),
             Emission::Cover => {
                 if self.cover.is_empty() {
@@ -554,13 +559,15 @@ impl Engine {
                         buf: l.buf,
                         to: l.to,
                         category: OutCategory::Loop,
+                        due: slot,
                     }
                 })
             }
         };
-        let Some(q) = queued else {
+        let Some(mut q) = queued else {
             return;
         };
+        q.due = slot;
         if self.tx.len() >= self.config.tx_queue {
             self.pool.give_back(q.buf);
             self.counters.drop(DropReason::TxQueueFull);
@@ -732,6 +739,7 @@ impl Engine {
                     buf: bufs[k],
                     to,
                     category: OutCategory::Cover,
+                    due: Timestamp::ZERO,
                 }),
                 _ => self.pool.give_back(bufs[k]),
             }
@@ -806,6 +814,7 @@ impl Engine {
             buf,
             to,
             category: OutCategory::Own,
+            due: Timestamp::ZERO,
         });
         Ok(identifier)
     }
@@ -828,6 +837,7 @@ impl Engine {
         self.counters.sent(q.category);
         Some(Transmit {
             to: q.to,
+            due: q.due,
             len,
             category: q.category,
         })

@@ -1,3 +1,14 @@
-//! The mix node: the sans-IO engine, the thread-per-core io_uring runtime and the `mixed` binary. Filled by the node issue.
+//! The mixed node: the runtime that drives the engine over real sockets (a thread per core,
+//! io_uring or recvmmsg/sendmmsg), its key directory, its configuration, its metrics, and the
+//! `mixed demo` network.
 
-#![forbid(unsafe_code)]
+pub mod config;
+pub mod demo;
+pub mod io;
+pub mod keys;
+pub mod metrics;
+pub mod runtime;
+
+pub use config::NodeConfig;
+pub use io::IoChoice;
+pub use runtime::{Node, NodeError, NodeEvent};

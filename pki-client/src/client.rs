@@ -195,6 +195,25 @@ impl PkiClient {
         self.fetch(Which::Epoch(next), rng)
     }
 
+    /// The epoch an authority says it is in (from its status page): how a node that has
+    /// no consensus yet, when the network starts, learns which epoch to register keys for.
+    pub fn current_epoch(&self) -> Option<u64> {
+        self.endpoints.iter().find_map(|e| {
+            let mut r = self
+                .agent
+                .get(&format!("{}/v1/status", e.url))
+                .call()
+                .ok()?;
+            let text = r
+                .body_mut()
+                .with_config()
+                .limit(1 << 16)
+                .read_to_string()
+                .ok()?;
+            serde_json::from_str::<serde_json::Value>(&text).ok()?["epoch"].as_u64()
+        })
+    }
+
     fn post_all(&self, path: &str, body: &[u8]) -> Vec<(String, Result<(), ClientError>)> {
         self.endpoints
             .iter()

@@ -1,0 +1,152 @@
+//! The node's configuration file (TOML).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use pki_client::AuthorityEndpoint;
+use serde::Deserialize;
+
+use crate::io::IoChoice;
+
+/// An example configuration, for `--help` and the docs.
+pub const EXAMPLE: &str = r#"# mixed node
+key_dir = "keys"                 # identity and mix keys; created mode 0700, files 0600
+listen = "0.0.0.0:9000"          # UDP, for packets (the address published is `advertise`)
+advertise = "198.51.100.7:9000"  # optional: the address others reach this node at
+bandwidth = 50                   # B: packets per second this node emits, always
+cores = 1                        # threads, one per core, each with its own socket (SO_REUSEPORT)
+io = "auto"                      # auto | io-uring | portable
+metrics = "127.0.0.1:9100"       # Prometheus text at http://<metrics>/metrics; "off" to disable
+passive = false                  # true: send and receive without registering or forwarding
+
+[[authorities]]
+identity = "<64 hex digits>"
+url = "http://127.0.0.1:7001"
+"#;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    key_dir: PathBuf,
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    bandwidth: f64,
+    #[serde(default = "one")]
+    cores: usize,
+    #[serde(default = "auto")]
+    io: IoChoice,
+    #[serde(default = "default_metrics")]
+    metrics: String,
+    #[serde(default)]
+    passive: bool,
+    authorities: Vec<AuthorityEndpoint>,
+}
+
+fn one() -> usize {
+    1
+}
+fn auto() -> IoChoice {
+    IoChoice::Auto
+}
+fn default_metrics() -> String {
+    "127.0.0.1:9100".into()
+}
+
+/// A node's configuration, checked.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the keys live.
+    pub key_dir: PathBuf,
+    /// The UDP address to bind.
+    pub listen: SocketAddr,
+    /// The address to publish (default: `listen`, or the bound address when its port is 0).
+    pub advertise: Option<SocketAddr>,
+    /// B, packets a second.
+    pub bandwidth: f64,
+    /// Cores (threads).
+    pub cores: usize,
+    /// I/O backend.
+    pub io: IoChoice,
+    /// Where to serve metrics, or `None`.
+    pub metrics: Option<SocketAddr>,
+    /// Passive: no registration, no forwarding.
+    pub passive: bool,
+    /// The directory authorities.
+    pub authorities: Vec<AuthorityEndpoint>,
+}
+
+/// A configuration problem, saying what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Not valid TOML for this configuration.
+    #[error("invalid configuration {path}: {reason}\n\nAn example:\n{EXAMPLE}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A value out of range.
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+impl NodeConfig {
+    /// Reads and checks a configuration file; relative paths are relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let metrics = match file.metrics.trim() {
+            "off" | "" => None,
+            m => Some(m.parse().map_err(|_| {
+                ConfigError::Value(format!("metrics: {m:?} is not an address or \"off\""))
+            })?),
+        };
+        let config = NodeConfig {
+            key_dir: base.join(file.key_dir),
+            listen: file.listen,
+            advertise: file.advertise,
+            bandwidth: file.bandwidth,
+            cores: file.cores,
+            io: file.io,
+            metrics,
+            passive: file.passive,
+            authorities: file.authorities,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.bandwidth.is_finite() || !(1.0..=10_000_000.0).contains(&self.bandwidth) {
+            return Err(ConfigError::Value(
+                "bandwidth must be 1 to 10,000,000 packets a second".into(),
+            ));
+        }
+        if self.cores == 0 || self.cores > 256 {
+            return Err(ConfigError::Value("cores must be 1 to 256".into()));
+        }
+        if self.authorities.is_empty() {
+            return Err(ConfigError::Value(
+                "at least one [[authorities]] entry is needed".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,334 @@
+//! `mixed demo`: three directory authorities and a handful of nodes on loopback, in one
+//! process; real UDP, real consensus, real Sphinx. Messages go end to end between two nodes
+//! and a summary says what every node did.
+
+// the demo is a driver: it reads the wall clock to pace and time what it does
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dirauth::config::Limits;
+use dirauth::{AuthorityConfig, AuthorityHandle};
+use engine::{DropReason, Event};
+use pki_client::{AuthorityEndpoint, IdentitySecret, NetworkParams};
+
+use crate::NodeConfig;
+use crate::io::IoChoice;
+use crate::runtime::{Node, NodeError, unix_now};
+
+/// How the local network is made.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// Nodes (at least 4).
+    pub nodes: usize,
+    /// Epoch length, seconds (the first consensus exists from the second epoch on).
+    pub epoch_seconds: u64,
+    /// B of every node, packets a second.
+    pub bandwidth: f64,
+    /// Cores of every node.
+    pub cores: usize,
+    /// The I/O backend.
+    pub io: IoChoice,
+    /// Mean per-hop delay, 1/lambda.
+    pub mean_delay: Duration,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            nodes: 8,
+            epoch_seconds: 6,
+            bandwidth: 40.0,
+            cores: 1,
+            io: IoChoice::Auto,
+            mean_delay: Duration::from_millis(20),
+        }
+    }
+}
+
+/// A temporary folder, removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Authorities and nodes on loopback.
+pub struct LocalNetwork {
+    /// The authorities.
+    pub authorities: Vec<AuthorityHandle>,
+    /// Their endpoints.
+    pub endpoints: Vec<AuthorityEndpoint>,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The network parameters.
+    pub params: NetworkParams,
+    _dir: TempDir,
+}
+
+impl std::fmt::Debug for LocalNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNetwork")
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalNetwork {
+    /// Starts three authorities and `options.nodes` nodes; returns once every node has the
+    /// first consensus installed (about one to two epochs).
+    pub fn start(options: &LocalOptions) -> Result<LocalNetwork, NodeError> {
+        let mut tag = [0u8; 6];
+        getrandom::fill(&mut tag).map_err(|e| NodeError::Directory(e.to_string()))?;
+        let dir =
+            std::env::temp_dir().join(format!("mixed-demo-{}", pki_client::descriptor::hex(&tag)));
+        std::fs::create_dir_all(&dir)?;
+        let dir = TempDir(dir);
+        let params = NetworkParams {
+            packet_size: 1452,
+            hops: 3,
+            rho_permille: 1500,
+            mean_delay_micros: options.mean_delay.as_micros() as u64,
+            loops: 2,
+            loop_rate_millis: 1000,
+            epoch_seconds: options.epoch_seconds,
+            genesis_unix: unix_now(),
+        };
+        let listeners: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()?;
+        let mut secrets = Vec::new();
+        for _ in 0..3 {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).map_err(|e| NodeError::Directory(e.to_string()))?;
+            secrets.push(IdentitySecret::from_bytes(b));
+        }
+        let endpoints: Vec<AuthorityEndpoint> = secrets
+            .iter()
+            .zip(&listeners)
+            .map(|(s, l)| {
+                Ok(AuthorityEndpoint {
+                    identity: s.public(),
+                    url: format!("http://{}", l.local_addr()?),
+                })
+            })
+            .collect::<Result<_, std::io::Error>>()?;
+        let mut authorities = Vec::new();
+        for (i, (secret, listener)) in secrets.into_iter().zip(listeners).enumerate() {
+            let config = AuthorityConfig {
+                identity: secret,
+                listen: listener.local_addr()?,
+                data_dir: dir.0.join(format!("authority-{i}")),
+                params,
+                authorities: endpoints.clone(),
+                limits: Limits {
+                    max_body_bytes: 4096,
+                    requests_per_second: 1000.0,
+                    burst: 1000.0,
+                },
+            };
+            authorities.push(
+                dirauth::spawn(config, listener)
+                    .map_err(|e| NodeError::Directory(e.to_string()))?,
+            );
+        }
+        let mut nodes = Vec::new();
+        for i in 0..options.nodes {
+            let config = NodeConfig {
+                key_dir: dir.0.join(format!("node-{i}")),
+                listen: "127.0.0.1:0".parse().map_err(|_| NodeError::Stopped)?,
+                advertise: None,
+                bandwidth: options.bandwidth,
+                cores: options.cores,
+                io: options.io,
+                metrics: None,
+                passive: false,
+                authorities: endpoints.clone(),
+            };
+            nodes.push(Node::start(config)?);
+        }
+        let network = LocalNetwork {
+            authorities,
+            endpoints,
+            nodes,
+            params,
+            _dir: dir,
+        };
+        // the first consensus covers the second epoch; allow for three
+        let deadline =
+            std::time::Instant::now() + Duration::from_secs(3 * options.epoch_seconds + 5);
+        while network.nodes.iter().any(|n| n.epoch().is_none()) {
+            if std::time::Instant::now() > deadline {
+                return Err(NodeError::Directory(
+                    "the nodes did not get a consensus in three epochs".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(network)
+    }
+}
+
+/// What `mixed demo` measured.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Messages sent.
+    pub sent: usize,
+    /// Messages delivered intact.
+    pub delivered: usize,
+    /// End-to-end latencies of the delivered messages, milliseconds, sorted.
+    pub latencies_ms: Vec<f64>,
+    /// The summary printed.
+    pub summary: String,
+}
+
+/// Runs the demo: a local network, `messages` messages from the first node to the last,
+/// then a summary.
+pub fn run(options: &LocalOptions, messages: usize) -> Result<DemoReport, NodeError> {
+    let started = std::time::Instant::now();
+    let net = LocalNetwork::start(options)?;
+    let ready = started.elapsed();
+    let counters_before: Vec<_> = net.nodes.iter().map(|n| n.counters()).collect();
+    let window_start = std::time::Instant::now();
+    let sender = &net.nodes[0];
+    let receiver = &net.nodes[net.nodes.len() - 1];
+    let clock_origin = std::time::Instant::now();
+    let mut sent_at: HashMap<[u8; 16], Duration> = HashMap::new();
+    let mut latencies = Vec::new();
+    let mut delivered = 0usize;
+    let mut k = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (k < messages || delivered < messages) && std::time::Instant::now() < deadline {
+        if k < messages {
+            let text = format!("demo message {k} of {messages}");
+            match sender.send(receiver.node_id(), text.into_bytes()) {
+                Ok(id) => {
+                    sent_at.insert(id, clock_origin.elapsed());
+                    k += 1;
+                }
+                // the own-data queue is full: the slots will drain it
+                Err(NodeError::Send(engine::SendError::QueueFull)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while let Ok(e) = receiver.events().recv_timeout(Duration::from_millis(5)) {
+            if let Event::Message {
+                identifier,
+                payload,
+            } = e.event
+                && let Some(at) = sent_at.get(&identifier)
+                && payload.starts_with(b"demo message")
+            {
+                delivered += 1;
+                latencies.push((clock_origin.elapsed() - *at).as_secs_f64() * 1e3);
+            }
+        }
+    }
+    // let the network run a little after the last delivery, for the rates
+    std::thread::sleep(Duration::from_secs(2));
+    let window = window_start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let summary = summarize(
+        &net,
+        &counters_before,
+        window,
+        &latencies,
+        messages,
+        delivered,
+        ready,
+        options,
+    );
+    Ok(DemoReport {
+        sent: k,
+        delivered,
+        latencies_ms: latencies,
+        summary,
+    })
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    net: &LocalNetwork,
+    before: &[engine::Counters],
+    window: f64,
+    latencies: &[f64],
+    messages: usize,
+    delivered: usize,
+    ready: Duration,
+    options: &LocalOptions,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "mixed demo: 3 authorities, {} nodes on loopback (B = {} packets/s each, h = {}, mean delay {} ms, epochs of {} s); consensus installed after {:.1} s",
+        net.nodes.len(),
+        options.bandwidth,
+        net.params.hops,
+        net.params.mean_delay_micros / 1000,
+        net.params.epoch_seconds,
+        ready.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<4} {:<21} {:<9} {:>9} {:>6} {:>8} {:>6} {:>6} {:>7}  drops",
+        "node", "address", "io", "emitted/s", "own", "forwards", "loops", "back", "cover"
+    );
+    for (i, (node, b)) in net.nodes.iter().zip(before).enumerate() {
+        let c = node.counters();
+        let emitted = (c.total_sent() - b.total_sent()) as f64 / window;
+        let drops: Vec<String> = DropReason::ALL
+            .iter()
+            .filter(|r| c.drops(**r) > 0)
+            .map(|r| format!("{}={}", r.label(), c.drops(*r)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "{:<4} {:<21} {:<9} {:>9.1} {:>6} {:>8} {:>6} {:>6} {:>7}  {}",
+            i,
+            node.addr(),
+            node.io_backends().first().copied().unwrap_or("-"),
+            emitted,
+            c.sent_own,
+            c.sent_forward,
+            c.sent_loop,
+            c.loops_returned,
+            c.sent_cover,
+            if drops.is_empty() {
+                "none".into()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nmessages: {delivered} of {messages} delivered end to end, node 0 -> node {}",
+        net.nodes.len() - 1
+    );
+    if !latencies.is_empty() {
+        let _ = writeln!(
+            s,
+            "latency (ms): p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1} (queueing for an own-data slot included)",
+            quantile(latencies, 0.5),
+            quantile(latencies, 0.9),
+            quantile(latencies, 0.99),
+            quantile(latencies, 1.0)
+        );
+    }
+    s
+}

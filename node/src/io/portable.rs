@@ -1,0 +1,170 @@
+//! The portable I/O backend: `recvmmsg` and `sendmmsg`, up to 64 datagrams a system call,
+//! with `poll` for the timeout. Chosen when io_uring cannot be set up (containers often
+//! refuse it) or with `--io portable`.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::{BATCH, BUF_SIZE, sockaddr_from};
+
+/// Receive buffers and the system-call structures that point into them.
+pub(crate) struct PortableIo {
+    socket: UdpSocket,
+    bufs: Box<[[u8; BUF_SIZE]; BATCH]>,
+    lens: [usize; BATCH],
+}
+
+impl PortableIo {
+    pub(crate) fn new(socket: UdpSocket) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(PortableIo {
+            socket,
+            bufs: Box::new([[0u8; BUF_SIZE]; BATCH]),
+            lens: [0; BATCH],
+        })
+    }
+
+    /// Waits up to `timeout` for datagrams, then hands every one received (at most 64) to
+    /// `handle` as mutable slices. Returns how many.
+    pub(crate) fn recv(
+        &mut self,
+        timeout: Duration,
+        handle: impl FnOnce(&mut [&mut [u8]]),
+    ) -> io::Result<usize> {
+        let fd = self.socket.as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, count 1.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        if ready == 0 {
+            return Ok(0);
+        }
+        let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        // SAFETY: mmsghdr is a plain C struct; all-zero is a valid (empty) value.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        for ((iov, msg), buf) in iovecs
+            .iter_mut()
+            .zip(msgs.iter_mut())
+            .zip(self.bufs.iter_mut())
+        {
+            iov.iov_base = buf.as_mut_ptr().cast();
+            iov.iov_len = BUF_SIZE;
+            msg.msg_hdr.msg_iov = iov;
+            msg.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `msgs` holds BATCH headers, each pointing at one iovec of one live buffer
+        // of BUF_SIZE bytes; the kernel writes at most that much into each.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        for (len, msg) in self.lens.iter_mut().zip(&msgs[..n]) {
+            // a datagram longer than the buffer is truncated (MSG_TRUNC): its length no
+            // longer matches the packet size and the engine drops it as the wrong size
+            let truncated = msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            *len = if truncated {
+                BUF_SIZE
+            } else {
+                msg.msg_len as usize
+            };
+        }
+        let mut slices: [&mut [u8]; BATCH] = core::array::from_fn(|_| &mut [][..]);
+        for ((slot, buf), &len) in slices
+            .iter_mut()
+            .zip(self.bufs.iter_mut())
+            .zip(&self.lens[..n])
+        {
+            *slot = &mut buf[..len];
+        }
+        handle(&mut slices[..n]);
+        Ok(n)
+    }
+
+    /// Sends datagrams, up to 64 a system call; returns how many the kernel took.
+    pub(crate) fn send(&mut self, packets: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+        let mut sent = 0;
+        for chunk in packets.chunks(BATCH) {
+            let mut addrs: [libc::sockaddr_storage; BATCH] =
+                // SAFETY: sockaddr_storage is plain data; zero is valid.
+                unsafe { MaybeUninit::zeroed().assume_init() };
+            let mut lens = [0 as libc::socklen_t; BATCH];
+            let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; BATCH];
+            // SAFETY: plain C struct, zero is valid.
+            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+            for (i, (to, bytes)) in chunk.iter().enumerate() {
+                lens[i] = sockaddr_from(to, &mut addrs[i]);
+                iovecs[i].iov_base = bytes.as_ptr() as *mut libc::c_void;
+                iovecs[i].iov_len = bytes.len();
+                msgs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+                msgs[i].msg_hdr.msg_namelen = lens[i];
+                msgs[i].msg_hdr.msg_iov = &mut iovecs[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            let mut done = 0;
+            while done < chunk.len() {
+                // SAFETY: every header points at a live address and a live iovec over a
+                // live buffer (the caller's, only read by the kernel).
+                let n = unsafe {
+                    libc::sendmmsg(
+                        self.socket.as_raw_fd(),
+                        msgs[done..].as_mut_ptr(),
+                        (chunk.len() - done) as u32,
+                        0,
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::Interrupted => continue,
+                        // a full socket buffer: the rest of this batch is lost, counted
+                        io::ErrorKind::WouldBlock => break,
+                        // one bad destination must not stop the others
+                        _ => {
+                            done += 1;
+                            continue;
+                        }
+                    }
+                }
+                done += n as usize;
+                sent += n as usize;
+            }
+        }
+        Ok(sent)
+    }
+}

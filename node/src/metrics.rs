@@ -1,0 +1,277 @@
+//! Metrics: each core publishes a snapshot every 100 ms; `GET /metrics` on the configured
+//! address (127.0.0.1 by default) renders them in the Prometheus text format. The endpoint
+//! is a small blocking HTTP server on its own thread, off the packet path.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use engine::{Counters, DropReason};
+
+/// What a core last published.
+#[derive(Clone, Debug)]
+pub struct CoreSnapshot {
+    /// Its counters.
+    pub counters: Counters,
+    /// Packets held for their delay.
+    pub held: usize,
+    /// Own packets waiting for a slot.
+    pub own_queued: usize,
+    /// How late packets left after their slot, nanoseconds.
+    pub lateness: hdrhistogram::Histogram<u64>,
+    /// Its I/O backend.
+    pub io: &'static str,
+}
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    cores: Mutex<Vec<Option<CoreSnapshot>>>,
+    epoch: AtomicU64,
+    nodes: AtomicU64,
+    sequence: AtomicU32,
+}
+
+const NO_EPOCH: u64 = u64::MAX;
+
+impl Metrics {
+    pub(crate) fn new(cores: usize) -> Self {
+        Metrics {
+            cores: Mutex::new(vec![None; cores]),
+            epoch: AtomicU64::new(NO_EPOCH),
+            nodes: AtomicU64::new(0),
+            sequence: AtomicU32::new(0),
+        }
+    }
+
+    fn cores(&self) -> MutexGuard<'_, Vec<Option<CoreSnapshot>>> {
+        self.cores.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn publish(&self, core: usize, snapshot: CoreSnapshot) {
+        if let Some(slot) = self.cores().get_mut(core) {
+            *slot = Some(snapshot);
+        }
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_nodes(&self, n: usize) {
+        self.nodes.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bump_sequence(&self) -> u32 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The epoch installed, if any.
+    pub fn epoch(&self) -> Option<u64> {
+        Some(self.epoch.load(Ordering::Relaxed)).filter(|&e| e != NO_EPOCH)
+    }
+
+    /// The counters of every core, summed.
+    pub fn counters(&self) -> Counters {
+        let mut total = Counters::default();
+        for c in self.cores().iter().flatten() {
+            total.add(&c.counters);
+        }
+        total
+    }
+
+    /// Departure lateness after the slot, all cores: (p50, p99) in microseconds.
+    pub fn lateness_micros(&self) -> (f64, f64) {
+        let mut h = hdrhistogram::Histogram::<u64>::new(2).ok();
+        for c in self.cores().iter().flatten() {
+            if let Some(h) = h.as_mut() {
+                let _ = h.add(&c.lateness);
+            }
+        }
+        h.map(|h| {
+            (
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3,
+            )
+        })
+        .unwrap_or((0.0, 0.0))
+    }
+
+    /// The Prometheus text rendering.
+    pub fn render(&self) -> String {
+        let cores = self.cores().clone();
+        let mut total = Counters::default();
+        let (mut held, mut own) = (0usize, 0usize);
+        for c in cores.iter().flatten() {
+            total.add(&c.counters);
+            held += c.held;
+            own += c.own_queued;
+        }
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP mixed_{name} {help}\n# TYPE mixed_{name} counter"
+            );
+            for (labels, v) in samples {
+                let _ = writeln!(out, "mixed_{name}{labels} {v}");
+            }
+        };
+        counter(
+            "packets_received_total",
+            "Datagrams received.",
+            &[("", total.received)],
+        );
+        counter(
+            "packets_sent_total",
+            "Packets sent, by what they carried.",
+            &[
+                ("{category=\"own\"}", total.sent_own),
+                ("{category=\"forward\"}", total.sent_forward),
+                ("{category=\"loop\"}", total.sent_loop),
+                ("{category=\"cover\"}", total.sent_cover),
+            ],
+        );
+        counter(
+            "hops_total",
+            "Packets unwrapped, by kind of hop.",
+            &[
+                ("{kind=\"forward\"}", total.forward_hops),
+                ("{kind=\"final\"}", total.final_hops),
+            ],
+        );
+        let drops: Vec<(String, u64)> = DropReason::ALL
+            .iter()
+            .map(|r| (format!("{{reason=\"{}\"}}", r.label()), total.drops(*r)))
+            .collect();
+        let drops: Vec<(&str, u64)> = drops.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter("drops_total", "Packets dropped, by reason.", &drops);
+        counter(
+            "loops_total",
+            "Loops, by outcome.",
+            &[
+                ("{outcome=\"returned\"}", total.loops_returned),
+                ("{outcome=\"lost\"}", total.loops_lost),
+            ],
+        );
+        counter(
+            "messages_delivered_total",
+            "Messages delivered to the application.",
+            &[("", total.delivered)],
+        );
+        counter(
+            "cover_received_total",
+            "Drop cover received and discarded.",
+            &[("", total.cover_received)],
+        );
+        let buckets = ["1", "3", "7", "15", "31", "63", "+Inf"];
+        let _ = writeln!(
+            out,
+            "# HELP mixed_batch_size Receive batch sizes.\n# TYPE mixed_batch_size histogram"
+        );
+        let mut cumulative = 0;
+        for (le, n) in buckets.iter().zip(total.batch_sizes) {
+            cumulative += n;
+            let _ = writeln!(out, "mixed_batch_size_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "mixed_batch_size_count {cumulative}");
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP mixed_{name} {help}\n# TYPE mixed_{name} gauge\nmixed_{name} {v}"
+            );
+        };
+        gauge(
+            &mut out,
+            "held_packets",
+            "Packets held for their delay.",
+            held as f64,
+        );
+        gauge(
+            &mut out,
+            "own_queued_packets",
+            "Own packets waiting for a slot.",
+            own as f64,
+        );
+        gauge(
+            &mut out,
+            "epoch",
+            "The epoch installed (-1: none yet).",
+            self.epoch().map(|e| e as f64).unwrap_or(-1.0),
+        );
+        gauge(
+            &mut out,
+            "consensus_nodes",
+            "Nodes in the installed consensus.",
+            self.nodes.load(Ordering::Relaxed) as f64,
+        );
+        let (p50, p99) = self.lateness_micros();
+        let _ = writeln!(
+            out,
+            "# HELP mixed_departure_lateness_seconds How late packets left after their slot.\n# TYPE mixed_departure_lateness_seconds summary"
+        );
+        let _ = writeln!(
+            out,
+            "mixed_departure_lateness_seconds{{quantile=\"0.5\"}} {}",
+            p50 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "mixed_departure_lateness_seconds{{quantile=\"0.99\"}} {}",
+            p99 / 1e6
+        );
+        let returned = total.loops_returned as f64;
+        let ended = (total.loops_returned + total.loops_lost) as f64;
+        gauge(
+            &mut out,
+            "loop_success_ratio",
+            "Loops that returned, of those that ended.",
+            if ended > 0.0 { returned / ended } else { 1.0 },
+        );
+        for (i, c) in cores.iter().enumerate() {
+            if let Some(c) = c {
+                let _ = writeln!(out, "mixed_core_info{{core=\"{i}\",io=\"{}\"}} 1", c.io);
+            }
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `stop`.
+pub(crate) fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("mixed-metrics".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                        let mut request = [0u8; 1024];
+                        let n = stream.read(&mut request).unwrap_or(0);
+                        let ok = request[..n].starts_with(b"GET /metrics");
+                        let (status, body) = if ok {
+                            ("200 OK", metrics.render())
+                        } else {
+                            ("404 Not Found", "only GET /metrics is served here\n".to_owned())
+                        };
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })?;
+    Ok(())
+}

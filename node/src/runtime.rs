@@ -1,0 +1,583 @@
+//! The runtime: a thread per core, each pinned (core_affinity), each with its own SO_REUSEPORT
+//! socket, its I/O backend and its engine; and a control thread that follows the epochs
+//! (consensus fetched ahead, mix keys made and erased, the descriptor registered) and hands
+//! each new epoch to the cores. Nothing crosses cores on the packet path but the shared
+//! replay filter of each key (lock-free); commands reach a core through its bounded inbox,
+//! drained once per turn of its loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use engine::{Counters, Engine, EngineConfig, EpochKeys, Event, ReplayFilter, SendError};
+use pki_client::{
+    IdentitySecret, MixKeys, NodeDescriptor, PkiClient, Roles, SignatureChecked, Which,
+};
+use rand_core::SeedableRng;
+use scheduler::Timestamp;
+use scheduler::handoff::{Inbox, Sender, inbox};
+
+use crate::config::NodeConfig;
+use crate::io::{Io, reuseport_socket};
+use crate::keys::KeyDir;
+use crate::metrics::{CoreSnapshot, Metrics};
+
+/// Epochs of mix keys published ahead.
+const KEYS_AHEAD: u64 = 3;
+/// Longest a core waits for I/O before looking at its inbox again.
+const MAX_WAIT: Duration = Duration::from_millis(20);
+/// Commands a core's inbox holds.
+const INBOX: usize = 1024;
+/// Events waiting for the application.
+const EVENTS: usize = 4096;
+
+/// Monotonic time since the node started: the engines' clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    #[allow(clippy::disallowed_methods)]
+    fn new() -> Self {
+        Clock {
+            origin: Instant::now(),
+        }
+    }
+
+    /// Now.
+    #[allow(clippy::disallowed_methods)]
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_nanos(self.origin.elapsed().as_nanos() as u64)
+    }
+}
+
+/// Wall-clock time, unix seconds (epochs and document validity).
+#[allow(clippy::disallowed_methods)]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A command for a core.
+enum Command {
+    Install(EpochKeys),
+    Send {
+        to: [u8; 32],
+        payload: Vec<u8>,
+        reply: SyncSender<Result<[u8; 16], SendError>>,
+    },
+}
+
+/// What the node tells the application.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeEvent {
+    /// When, on the node's clock.
+    pub at: Timestamp,
+    /// What.
+    pub event: Event,
+}
+
+/// Why the node could not start or send.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A key file.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    /// The socket or a thread.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Sending failed.
+    #[error("send: {0}")]
+    Send(#[from] SendError),
+    /// The node is stopping or a core is gone.
+    #[error("the node is not running")]
+    Stopped,
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The directory.
+    #[error("directory: {0}")]
+    Directory(String),
+}
+
+struct Core {
+    inbox: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A running node.
+pub struct Node {
+    node_id: [u8; 32],
+    addr: SocketAddr,
+    cores: Vec<Core>,
+    control: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    events: Receiver<NodeEvent>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    next_core: std::sync::atomic::AtomicUsize,
+    io_names: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("addr", &self.addr)
+            .field("cores", &self.cores.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts a node: keys, sockets, cores, the control thread, the metrics endpoint.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        config.validate()?;
+        let keys = KeyDir::open(&config.key_dir)?;
+        let identity = keys.identity()?;
+        let node_id = identity.public().node_id();
+        let clock = Clock::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(Metrics::new(config.cores));
+
+        // the first socket decides the port when the configuration says 0
+        let first = reuseport_socket(config.listen)?;
+        let bound = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..config.cores {
+            sockets.push(reuseport_socket(bound)?);
+        }
+        let addr = config.advertise.unwrap_or(bound);
+
+        let (event_tx, events) = sync_channel(EVENTS);
+        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+        let mut cores = Vec::new();
+        let mut io_names = Vec::new();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let (io, note) = Io::open(socket, config.io)?;
+            if let Some(note) = note {
+                tracing::warn!(core = i, "{note}");
+            }
+            io_names.push(io.name());
+            let mut engine_config =
+                EngineConfig::new(node_id, config.bandwidth / config.cores as f64);
+            engine_config.forwarding = !config.passive;
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let engine = Engine::new(engine_config, seed)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (tx, rx) = inbox(INBOX);
+            let stop = Arc::clone(&stop);
+            let events = event_tx.clone();
+            let metrics = Arc::clone(&metrics);
+            let pin = core_ids.get(i % core_ids.len().max(1)).copied();
+            let thread = std::thread::Builder::new()
+                .name(format!("mixed-core-{i}"))
+                .spawn(move || {
+                    if let Some(id) = pin {
+                        core_affinity::set_for_current(id);
+                    }
+                    run_core(i, engine, io, rx, clock, stop, events, metrics);
+                })?;
+            cores.push(Core {
+                inbox: tx,
+                thread: Some(thread),
+            });
+        }
+
+        let client = PkiClient::new(
+            config.authorities.clone(),
+            Duration::from_secs(3),
+            Some(config.key_dir.join("consensus")),
+        )
+        .ok_or_else(|| NodeError::Directory("no authorities".into()))?;
+        let _ = std::fs::create_dir_all(config.key_dir.join("consensus"));
+        let senders: Vec<Sender<Command>> = cores.iter().map(|c| c.inbox.clone()).collect();
+        let control_stop = Arc::clone(&stop);
+        let control_metrics = Arc::clone(&metrics);
+        let bandwidth = config.bandwidth;
+        let passive = config.passive;
+        let control = std::thread::Builder::new()
+            .name("mixed-control".into())
+            .spawn(move || {
+                let mut control = Control {
+                    client,
+                    keys,
+                    identity,
+                    addr,
+                    bandwidth,
+                    passive,
+                    senders,
+                    installed: None,
+                    registered_in: None,
+                    replay: Vec::new(),
+                    metrics: control_metrics,
+                };
+                control.run(&control_stop);
+            })?;
+
+        if let Some(m) = config.metrics {
+            crate::metrics::serve(m, Arc::clone(&metrics), Arc::clone(&stop))?;
+        }
+        Ok(Node {
+            node_id,
+            addr,
+            cores,
+            control: Some(control),
+            stop,
+            events,
+            metrics,
+            clock,
+            next_core: std::sync::atomic::AtomicUsize::new(0),
+            io_names,
+        })
+    }
+
+    /// This node's ID.
+    pub fn node_id(&self) -> [u8; 32] {
+        self.node_id
+    }
+
+    /// The address it receives packets at.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The I/O backend of each core.
+    pub fn io_backends(&self) -> &[&'static str] {
+        &self.io_names
+    }
+
+    /// The node's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The epoch installed on the cores, if any.
+    pub fn epoch(&self) -> Option<u64> {
+        self.metrics.epoch()
+    }
+
+    /// Sends a one-packet message to node `to`; returns its identifier once queued.
+    pub fn send(&self, to: [u8; 32], payload: Vec<u8>) -> Result<[u8; 16], NodeError> {
+        let i = self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores.len().max(1);
+        let (reply, answer) = sync_channel(1);
+        self.cores[i]
+            .inbox
+            .try_send(Command::Send { to, payload, reply })
+            .map_err(|_| NodeError::Stopped)?;
+        answer
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::Send)
+    }
+
+    /// The events (messages, alarms) in arrival order.
+    pub fn events(&self) -> &Receiver<NodeEvent> {
+        &self.events
+    }
+
+    /// The counters of all cores, summed.
+    pub fn counters(&self) -> Counters {
+        self.metrics.counters()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops every thread and waits for them.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for core in &mut self.cores {
+            if let Some(t) = core.thread.take() {
+                let _ = t.join();
+            }
+        }
+        if let Some(t) = self.control.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_core(
+    index: usize,
+    mut engine: Engine,
+    mut io: Io,
+    inbox: Inbox<Command>,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+    events: SyncSender<NodeEvent>,
+    metrics: Arc<Metrics>,
+) {
+    let mut tx_bufs = vec![[0u8; crate::io::BUF_SIZE]; crate::io::BATCH];
+    let mut tx_meta: Vec<(SocketAddr, usize)> = Vec::with_capacity(crate::io::BATCH);
+    let mut lateness = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
+        .unwrap_or_else(|_| {
+            hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_histogram())
+        });
+    let mut last_publish = clock.now();
+    while !stop.load(Ordering::Relaxed) {
+        // the one point where other threads' commands enter this core
+        inbox.drain(INBOX, |cmd| match cmd {
+            Command::Install(keys) => {
+                let epoch = keys.consensus.epoch();
+                match engine.install_epoch(keys, clock.now()) {
+                    Ok(()) => metrics.set_epoch(epoch),
+                    Err(e) => tracing::error!(core = index, %e, "cannot install the epoch"),
+                }
+            }
+            Command::Send { to, payload, reply } => {
+                let _ = reply.try_send(engine.send_message(to, &payload));
+            }
+        });
+        let now = clock.now();
+        let wait = engine
+            .poll_timeout()
+            .map(|t| t.saturating_since(now))
+            .unwrap_or(MAX_WAIT)
+            .min(MAX_WAIT);
+        let received = io.recv(wait, |batch| engine.handle_datagrams(clock.now(), batch));
+        if let Err(e) = received {
+            tracing::error!(core = index, %e, "receive failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let now = clock.now();
+        if engine.poll_timeout().is_some_and(|t| t <= now) {
+            engine.handle_timeout(now);
+        }
+        // send what the slots decided, in batches
+        loop {
+            tx_meta.clear();
+            while tx_meta.len() < crate::io::BATCH {
+                let i = tx_meta.len();
+                match engine.poll_transmit(&mut tx_bufs[i]) {
+                    Some(t) => {
+                        tx_meta.push((t.to, t.len));
+                        let late = now.saturating_since(t.due).as_nanos() as u64;
+                        let _ = lateness.record(late.max(1));
+                    }
+                    None => break,
+                }
+            }
+            if tx_meta.is_empty() {
+                break;
+            }
+            let packets: Vec<(SocketAddr, &[u8])> = tx_meta
+                .iter()
+                .zip(tx_bufs.iter())
+                .map(|(&(to, len), b)| (to, &b[..len]))
+                .collect();
+            if let Err(e) = io.send(&packets) {
+                tracing::error!(core = index, %e, "send failed");
+            }
+        }
+        while let Some(event) = engine.poll_event() {
+            let _ = events.try_send(NodeEvent {
+                at: clock.now(),
+                event,
+            });
+        }
+        if now.saturating_since(last_publish) >= Duration::from_millis(100) {
+            last_publish = now;
+            metrics.publish(
+                index,
+                CoreSnapshot {
+                    counters: engine.counters().clone(),
+                    held: engine.held(),
+                    own_queued: engine.own_queued(),
+                    lateness: lateness.clone(),
+                    io: io.name(),
+                },
+            );
+        }
+    }
+    metrics.publish(
+        index,
+        CoreSnapshot {
+            counters: engine.counters().clone(),
+            held: engine.held(),
+            own_queued: engine.own_queued(),
+            lateness,
+            io: io.name(),
+        },
+    );
+}
+
+#[allow(clippy::panic)]
+fn unreachable_histogram() -> hdrhistogram::Histogram<u64> {
+    panic!("a two-digit histogram is always valid")
+}
+
+/// The control thread's state: follows the epochs.
+struct Control {
+    client: PkiClient,
+    keys: KeyDir,
+    identity: IdentitySecret,
+    addr: SocketAddr,
+    bandwidth: f64,
+    passive: bool,
+    senders: Vec<Sender<Command>>,
+    installed: Option<u64>,
+    registered_in: Option<u64>,
+    replay: Vec<(u64, Arc<ReplayFilter>)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Control {
+    /// Every 100 ms: learn the epoch, register once per epoch (unless passive), install the
+    /// current epoch's consensus as soon as it is at hand, fetch the next one from the middle
+    /// of the epoch on.
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut seed = [0u8; 32];
+        let _ = getrandom::fill(&mut seed);
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+        let mut pending: Option<SignatureChecked> = None;
+        let mut schedule: Option<pki_client::NetworkParams> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let now = unix_now();
+            if schedule.is_none()
+                && let Ok(c) = self.client.fetch(Which::Current, &mut rng)
+            {
+                let (after, _) = c.validity();
+                if let Ok(v) = c.clone().check_valid_at(after, 0) {
+                    schedule = Some(*v.params());
+                }
+                pending = Some(c);
+            }
+            // the epoch: from the schedule, or, before any consensus exists, an authority's word
+            let epoch = match schedule {
+                Some(p) => Some(p.epoch_at(now)),
+                None => self.client.current_epoch(),
+            };
+            if let Some(e) = epoch
+                && !self.passive
+                && self.registered_in != Some(e)
+            {
+                self.register(e);
+            }
+            if let Some(e) = epoch
+                && self.installed.is_none_or(|i| i < e)
+            {
+                let c = match pending.take() {
+                    Some(c) if c.epoch() == e => Some(c),
+                    other => {
+                        pending = other;
+                        self.client.fetch(Which::Epoch(e), &mut rng).ok()
+                    }
+                };
+                if let Some(c) = c {
+                    if schedule.is_none() {
+                        let (after, _) = c.validity();
+                        if let Ok(v) = c.clone().check_valid_at(after, 0) {
+                            schedule = Some(*v.params());
+                        }
+                    }
+                    match c.check_valid_at(now, 5) {
+                        Ok(v) => self.install(e, v),
+                        Err(err) => tracing::warn!(%err, "consensus not valid now"),
+                    }
+                }
+            }
+            if let Some(params) = schedule {
+                let e = params.epoch_at(now);
+                let into = now.saturating_sub(params.epoch_start(e));
+                if into * 2 >= params.epoch_seconds
+                    && pending.as_ref().is_none_or(|p| p.epoch() != e + 1)
+                    && let Ok(c) = self.client.fetch(Which::Epoch(e + 1), &mut rng)
+                {
+                    pending = Some(c);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn descriptor(&self, first_epoch: u64) -> Option<pki_client::SignedDescriptor> {
+        let keys: Vec<[u8; 32]> = (first_epoch..=first_epoch + KEYS_AHEAD)
+            .map_while(|e| self.keys.mix_key(e).ok().map(|k| k.public_key().0))
+            .collect();
+        // a sequence that grows across restarts: the wall clock in milliseconds
+        let sequence = unix_now() * 1000 + u64::from(self.metrics.bump_sequence() % 1000);
+        NodeDescriptor {
+            identity: self.identity.public(),
+            sequence,
+            addresses: vec![self.addr],
+            bandwidth: self.bandwidth.max(1.0) as u32,
+            roles: Roles {
+                mix: true,
+                services: vec![],
+            },
+            mix_keys: MixKeys { first_epoch, keys },
+        }
+        .sign(&self.identity)
+        .ok()
+    }
+
+    fn register(&mut self, epoch: u64) {
+        let Some(d) = self.descriptor(epoch) else {
+            return;
+        };
+        let answers = self.client.register(&d);
+        let ok = answers.iter().filter(|(_, r)| r.is_ok()).count();
+        if ok * 2 > answers.len() {
+            self.registered_in = Some(epoch);
+        } else {
+            for (url, r) in &answers {
+                if let Err(e) = r {
+                    tracing::warn!(%url, %e, "registration refused; retrying");
+                }
+            }
+        }
+    }
+
+    fn install(&mut self, epoch: u64, consensus: pki_client::VerifiedConsensus) {
+        let secret = match self.keys.mix_key(epoch) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(%e, "mix key");
+                return;
+            }
+        };
+        let params = *consensus.params();
+        // sized for the epoch: every packet this node may see under the key, four times over
+        let capacity = ((self.bandwidth * 4.0) as usize)
+            .saturating_mul(params.epoch_seconds as usize + 60)
+            .clamp(1 << 14, 1 << 27);
+        let replay = Arc::new(ReplayFilter::new(capacity));
+        self.replay.push((epoch, Arc::clone(&replay)));
+        self.replay.retain(|(e, _)| *e + 2 > epoch);
+        let consensus = Arc::new(consensus);
+        self.metrics.set_nodes(consensus.nodes().len());
+        for s in &self.senders {
+            let keys = EpochKeys {
+                consensus: Arc::clone(&consensus),
+                secret: secret.clone(),
+                replay: Arc::clone(&replay),
+            };
+            if s.try_send(Command::Install(keys)).is_err() {
+                tracing::error!("a core's inbox is full; the epoch is not installed there");
+            }
+        }
+        self.installed = Some(epoch);
+        // the keys of epochs before the previous one are no longer needed: erase them
+        self.keys.erase_before(epoch.saturating_sub(1));
+    }
+}
