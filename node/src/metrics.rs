@@ -83,6 +83,14 @@ impl Metrics {
         total
     }
 
+    /// Datagrams each core received.
+    pub fn received_per_core(&self) -> Vec<u64> {
+        self.cores()
+            .iter()
+            .map(|c| c.as_ref().map(|c| c.counters.received).unwrap_or(0))
+            .collect()
+    }
+
     /// Departure lateness after the slot, all cores: (p50, p99) in microseconds.
     pub fn lateness_micros(&self) -> (f64, f64) {
         let mut h = hdrhistogram::Histogram::<u64>::new(2).ok();

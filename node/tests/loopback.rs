@@ -1,0 +1,269 @@
+//! Nodes on loopback with the real runtime: real sockets, both I/O backends, replays across
+//! cores and source ports, garbage datagrams, bad configuration and key files.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use crypto_simd::sphinx::{self, Destination, Hop, MixPublicKey, NodeId};
+use engine::{DropReason, Event};
+use node::demo::{LocalNetwork, LocalOptions};
+use node::{IoChoice, NodeConfig};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+fn options(nodes: usize, io: IoChoice, cores: usize) -> LocalOptions {
+    LocalOptions {
+        nodes,
+        epoch_seconds: 4,
+        bandwidth: 40.0,
+        cores,
+        io,
+        mean_delay: Duration::from_millis(10),
+    }
+}
+
+/// Sends `count` messages around the network and waits until all arrive.
+fn deliver(net: &LocalNetwork, count: usize) {
+    let n = net.nodes.len();
+    let mut want = std::collections::HashMap::new();
+    for k in 0..count {
+        let (from, to) = (k % n, (k * 3 + 1) % n);
+        let to = if to == from { (to + 1) % n } else { to };
+        let payload = format!("loopback {k}").into_bytes();
+        let id = loop {
+            match net.nodes[from].send(net.nodes[to].node_id(), payload.clone()) {
+                Ok(id) => break id,
+                Err(node::NodeError::Send(engine::SendError::QueueFull)) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("send: {e}"),
+            }
+        };
+        want.insert(id, (to, payload));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !want.is_empty() && Instant::now() < deadline {
+        for (i, node) in net.nodes.iter().enumerate() {
+            while let Ok(e) = node.events().try_recv() {
+                if let Event::Message {
+                    identifier,
+                    payload,
+                } = e.event
+                    && let Some((to, p)) = want.get(&identifier)
+                {
+                    assert_eq!(
+                        (*to, p),
+                        (i, &payload),
+                        "delivered to the wrong node or altered"
+                    );
+                    want.remove(&identifier);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        want.is_empty(),
+        "{} of {count} messages did not arrive",
+        want.len()
+    );
+}
+
+#[test]
+fn ten_nodes_deliver_messages_with_recvmmsg() {
+    let net = LocalNetwork::start(&options(10, IoChoice::Portable, 1)).unwrap();
+    assert!(net.nodes.iter().all(|n| n.io_backends() == ["portable"]));
+    deliver(&net, 30);
+}
+
+#[test]
+fn ten_nodes_deliver_messages_with_io_uring() {
+    let net = LocalNetwork::start(&options(10, IoChoice::IoUring, 1)).unwrap();
+    assert!(net.nodes.iter().all(|n| n.io_backends() == ["io_uring"]));
+    deliver(&net, 30);
+}
+
+/// A valid one-hop packet for node `target` of the network, built from its consensus.
+fn packet_for(net: &LocalNetwork, target: usize) -> Vec<u8> {
+    let client =
+        pki_client::PkiClient::new(net.endpoints.clone(), Duration::from_secs(2), None).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let epoch = net.nodes[target].epoch().unwrap();
+    let consensus = client
+        .fetch(pki_client::Which::Epoch(epoch), &mut rng)
+        .unwrap()
+        .check_valid_at(net.params.epoch_start(epoch), 0)
+        .unwrap();
+    let id = net.nodes[target].node_id();
+    let node = consensus.node(&id).unwrap();
+    let mut packet = vec![0u8; net.params.packet_size as usize];
+    sphinx::build_packet(
+        &[Hop {
+            id: NodeId(id),
+            key: MixPublicKey(node.mix_key),
+        }],
+        &[],
+        &Destination {
+            address: id,
+            identifier: [7; 16],
+        },
+        b"replayed",
+        &mut rng,
+        &mut packet,
+    )
+    .unwrap();
+    packet
+}
+
+#[test]
+fn a_replay_is_dropped_whichever_core_and_source_port_it_comes_from() {
+    let net = LocalNetwork::start(&options(5, IoChoice::Auto, 2)).unwrap();
+    let target = &net.nodes[2];
+    let packet = packet_for(&net, 2);
+    // the original, then the same bytes from sixteen other source ports: SO_REUSEPORT
+    // spreads them over both cores by their 4-tuple
+    let sockets: Vec<UdpSocket> = (0..17)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    sockets[0].send_to(&packet, target.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for s in &sockets[1..] {
+        s.send_to(&packet, target.addr()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut delivered = 0;
+    while Instant::now() < deadline {
+        while let Ok(e) = target.events().try_recv() {
+            if let Event::Message { payload, .. } = e.event
+                && payload == b"replayed"
+            {
+                delivered += 1;
+            }
+        }
+        if target.counters().drops(DropReason::Replay) >= 16 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    while let Ok(e) = target.events().try_recv() {
+        if let Event::Message { payload, .. } = e.event
+            && payload == b"replayed"
+        {
+            delivered += 1;
+        }
+    }
+    assert_eq!(delivered, 1, "the packet was delivered {delivered} times");
+    assert_eq!(target.counters().drops(DropReason::Replay), 16);
+    let per_core = target.metrics().received_per_core();
+    assert!(
+        per_core.iter().all(|&n| n > 0),
+        "a core received nothing: {per_core:?}"
+    );
+}
+
+#[test]
+fn garbage_datagrams_are_counted_and_the_node_keeps_working() {
+    let net = LocalNetwork::start(&options(5, IoChoice::Auto, 1)).unwrap();
+    let target = &net.nodes[1];
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for len in [0usize, 1, 100, 348, 1451, 1453, 2000, 4000] {
+        socket.send_to(&vec![0x5a; len], target.addr()).unwrap();
+    }
+    for fill in [0u8, 0xff, 0x33] {
+        socket.send_to(&[fill; 1452], target.addr()).unwrap();
+    }
+    let bad = |c: &engine::Counters| {
+        c.drops(DropReason::WrongSize)
+            + c.drops(DropReason::HeaderMac)
+            + c.drops(DropReason::LowOrderAlpha)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bad(&target.counters()) < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c = target.counters();
+    assert!(c.drops(DropReason::WrongSize) >= 7, "{c:?}");
+    assert!(
+        c.drops(DropReason::HeaderMac) + c.drops(DropReason::LowOrderAlpha) >= 3,
+        "{c:?}"
+    );
+    deliver(&net, 5);
+}
+
+#[test]
+fn bad_configuration_and_key_files_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("mixed-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(&path, "this is not = [ toml").unwrap();
+    let err = NodeConfig::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("invalid configuration") && err.contains("node.toml"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "key_dir = \"k\"\nlisten = \"127.0.0.1:0\"\nbandwidth = 10\n[[authorities]]\nidentity = \"00\"\nurl = \"http://x\"\n",
+    )
+    .unwrap();
+    let err = NodeConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("64 hex digits"), "{err}");
+    std::fs::write(
+        &path,
+        format!(
+            "key_dir = \"k\"\nlisten = \"127.0.0.1:0\"\nbandwidth = 0\n[[authorities]]\nidentity = \"{}\"\nurl = \"http://127.0.0.1:9\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let err = NodeConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("bandwidth"), "{err}");
+    let err = NodeConfig::load(&dir.join("missing.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read"), "{err}");
+
+    // a key file that is not a key, and one that cannot be read
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("identity.key"), "garbage").unwrap();
+    let config = |key_dir| NodeConfig {
+        key_dir,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        bandwidth: 10.0,
+        cores: 1,
+        io: IoChoice::Portable,
+        metrics: None,
+        passive: true,
+        authorities: vec![pki_client::AuthorityEndpoint {
+            identity: pki_client::IdentityKey([1; 32]),
+            url: "http://127.0.0.1:9".into(),
+        }],
+    };
+    let err = node::Node::start(config(keys.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("identity.key") && err.contains("64 hex digits"),
+        "{err}"
+    );
+    std::fs::remove_file(keys.join("identity.key")).unwrap();
+    std::fs::create_dir(keys.join("identity.key")).unwrap();
+    let err = node::Node::start(config(keys.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("identity.key") && err.contains("unreadable"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
