@@ -32,8 +32,11 @@ use crate::replay::{ReplayFilter, Seen};
 
 /// Most datagrams unwrapped together.
 pub const MAX_BATCH: usize = 64;
-/// Loops (and cover packets) built ahead, at most; refilled in batches.
+/// Loops (and cover packets) built per batch: two ladders of IFMA's eight lanes.
 const LOOP_STOCK: usize = 16;
+/// Cover packets kept built ahead: at high rates a turn of the loop may fill many slots,
+/// and cover built one at a time would waste the ladders' lanes.
+const COVER_STOCK: usize = 64;
 /// The identifier of drop cover: a one-hop packet its receiver discards.
 const COVER_IDENTIFIER: [u8; 16] = [0; 16];
 
@@ -81,7 +84,7 @@ impl EngineConfig {
             wheel_capacity: 4096,
             tick: scheduler::DEFAULT_TICK,
             max_delay: Duration::from_secs(60),
-            tx_queue: 256,
+            tx_queue: 1024,
             own_queue: 256,
             forward_queue: 256,
             max_loops: 4096,
@@ -250,7 +253,7 @@ impl Engine {
             tx: VecDeque::with_capacity(config.tx_queue),
             own: VecDeque::with_capacity(config.own_queue),
             stock: VecDeque::with_capacity(LOOP_STOCK),
-            cover: VecDeque::with_capacity(LOOP_STOCK),
+            cover: VecDeque::with_capacity(COVER_STOCK),
             loops: LoopTracker::new(config.max_loops),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -507,7 +510,11 @@ impl Engine {
         }
 
         if let Some(mut emitter) = self.emitter.take() {
-            while let Some((slot, emission)) = emitter.on_slot(now, !self.own.is_empty()) {
+            // a full transmit queue means the driver is behind: leave the slots due (late,
+            // not lost) rather than build packets only to drop them
+            while self.tx.len() < self.config.tx_queue
+                && let Some((slot, emission)) = emitter.on_slot(now, !self.own.is_empty())
+            {
                 self.fill_slot(now, slot, emission);
             }
             self.emitter = Some(emitter);
@@ -515,8 +522,12 @@ impl Engine {
         if self.stock.len() < LOOP_STOCK / 2 {
             self.build_loops(now, LOOP_STOCK - self.stock.len());
         }
-        if self.cover.len() < LOOP_STOCK / 2 {
-            self.build_cover(LOOP_STOCK - self.cover.len());
+        while self.cover.len() + LOOP_STOCK <= COVER_STOCK {
+            let before = self.cover.len();
+            self.build_cover(LOOP_STOCK);
+            if self.cover.len() == before {
+                break; // no path or no buffer: try again next time
+            }
         }
         let lost = self.loops.expire(now);
         self.counters.loops_lost += lost as u64;
@@ -538,13 +549,13 @@ impl Engine {
             }),
             Emission::Cover => {
                 if self.cover.is_empty() {
-                    self.build_cover(1);
+                    self.build_cover(LOOP_STOCK);
                 }
                 self.cover.pop_front()
             }
             Emission::ScheduledLoop => {
                 if self.stock.is_empty() {
-                    self.build_loops(now, 1);
+                    self.build_loops(now, LOOP_STOCK);
                 }
                 self.stock.pop_front().map(|l| {
                     let timeout = self.config.loop_timeout;

@@ -85,8 +85,12 @@ impl PortableIo {
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            return match e.raw_os_error() {
+                // nothing to read, or a signal
+                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+                // an ICMP error for an earlier send (a peer that went away): the socket
+                // reports it once on the next call; nothing was lost here
+                Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => Ok(0),
                 _ => Err(e),
             };
         }
