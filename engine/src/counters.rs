@@ -36,7 +36,8 @@ pub enum DropReason {
     TxQueueFull,
     /// A final hop for another destination.
     NotForUs,
-    /// A final payload that does not decrypt to a plaintext (tampered in transit).
+    /// Drop cover whose payload does not decrypt to the empty plaintext (tampered in
+    /// transit). Other undecryptable final payloads go up as sealed (SURB replies).
     CorruptPayload,
     /// The own-data queue was full.
     OwnQueueFull,
@@ -134,6 +135,8 @@ pub struct Counters {
     pub forward_hops: u64,
     /// Packets unwrapped as the final hop.
     pub final_hops: u64,
+    /// Sealed payloads (SURB replies) handed to the layer above.
+    pub sealed: u64,
     /// Packets sent: own, forward, loop.
     pub sent_own: u64,
     /// Forwards sent.
@@ -205,6 +208,7 @@ impl Counters {
         self.loops_returned += other.loops_returned;
         self.loops_lost += other.loops_lost;
         self.delivered += other.delivered;
+        self.sealed += other.sealed;
         for (a, b) in self.drops.iter_mut().zip(other.drops) {
             *a += b;
         }

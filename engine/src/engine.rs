@@ -71,6 +71,11 @@ pub struct EngineConfig {
     pub loop_timeout: Duration,
     /// How long packets under the previous epoch's key are still accepted.
     pub grace: Duration,
+    /// Where this node receives packets. A node not in the consensus (passive) ends its
+    /// loops and SURBs with a direct ID carrying this address ([`crate::paths::direct_id`]).
+    pub address: Option<SocketAddr>,
+    /// Whether to deliver to a direct ID (the last hop of a passive node's loop or SURB).
+    pub direct_delivery: bool,
 }
 
 impl EngineConfig {
@@ -90,6 +95,8 @@ impl EngineConfig {
             max_loops: 4096,
             loop_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(30),
+            address: None,
+            direct_delivery: true,
         }
     }
 }
@@ -122,6 +129,15 @@ pub enum Event {
         recent: f64,
         /// Fraction that usually return.
         usual: f64,
+    },
+    /// A packet for this node whose payload is still sealed: a reply through one of the
+    /// node's SURBs, which only the layer above (holding the SURB's recovery) can open; or
+    /// a payload damaged in transit, which it will fail to open.
+    Sealed {
+        /// The identifier the packet arrived with (the SURB's, for a reply).
+        identifier: [u8; 16],
+        /// The payload as this node's layer left it.
+        payload: Vec<u8>,
     },
 }
 
@@ -160,6 +176,13 @@ pub enum SendError {
     /// No packet buffer free.
     #[error("no packet buffer free")]
     PoolFull,
+    /// This node is not in the consensus and knows no address of its own: nothing can
+    /// reach it, so it cannot make reply blocks.
+    #[error("this node cannot be reached: not in the consensus and no address configured")]
+    Unreachable,
+    /// A packet of the wrong size.
+    #[error("packet of the wrong size")]
+    WrongSize,
 }
 
 #[derive(Debug)]
@@ -346,6 +369,46 @@ impl Engine {
             .and_then(|c| c.addrs.get(node))
             .or_else(|| self.previous.as_ref().and_then(|(p, _)| p.addrs.get(node)))
             .copied()
+            .or_else(|| {
+                self.config
+                    .direct_delivery
+                    .then(|| crate::paths::parse_direct_id(node))
+                    .flatten()
+            })
+    }
+
+    /// The hop ID this node's loops and SURBs end at: its node ID when the consensus lists
+    /// it, else a direct ID with its address.
+    fn my_hop_id(&self) -> Option<[u8; 32]> {
+        let current = self.current.as_ref()?;
+        if current.addrs.contains_key(&self.config.node_id) {
+            Some(self.config.node_id)
+        } else {
+            self.config.address.map(crate::paths::direct_id)
+        }
+    }
+
+    /// Paths under the installed epoch, for the layer above to build its packets and
+    /// SURBs with.
+    pub fn paths(&self) -> Option<crate::paths::Paths> {
+        let current = self.current.as_ref()?;
+        Some(crate::paths::Paths::new(
+            Arc::clone(&current.keys.consensus),
+            self.config.node_id,
+            self.config.address,
+            current.keys.secret.public_key(),
+        ))
+    }
+
+    /// Starts or stops forwarding for others (bindanon / unbindanon).
+    pub fn set_forwarding(&mut self, forwarding: bool) {
+        self.config.forwarding = forwarding;
+    }
+
+    /// Loops that returned and loops lost, since the engine started: the layer above
+    /// estimates the delivery probability q from them (section 4.5).
+    pub fn loop_outcomes(&self) -> (u64, u64) {
+        (self.counters.loops_returned, self.counters.loops_lost)
     }
 
     /// Handles a batch of received datagrams (any number; unwrapped 64 at a time, their
@@ -463,7 +526,19 @@ impl Engine {
                     return self.counters.drop(DropReason::NotForUs);
                 }
                 let Ok(plaintext) = sphinx::recover_plaintext(&packet[HEADER_LEN..]) else {
-                    return self.counters.drop(DropReason::CorruptPayload);
+                    // a reply through a SURB, or damage: the layer above tells them apart
+                    if destination.identifier == COVER_IDENTIFIER {
+                        return self.counters.drop(DropReason::CorruptPayload);
+                    }
+                    if self.events.len() >= MAX_EVENTS {
+                        return self.counters.drop(DropReason::EventQueueFull);
+                    }
+                    self.counters.sealed += 1;
+                    self.events.push_back(Event::Sealed {
+                        identifier: destination.identifier,
+                        payload: packet[HEADER_LEN..].to_vec(),
+                    });
+                    return;
                 };
                 if destination.identifier == COVER_IDENTIFIER && plaintext.is_empty() {
                     self.counters.cover_received += 1;
@@ -594,9 +669,13 @@ impl Engine {
         };
         let consensus = Arc::clone(&current.keys.consensus);
         let params = *consensus.params();
+        let key = current.keys.secret.public_key();
+        let Some(my_id) = self.my_hop_id() else {
+            return; // nothing can reach this node: no loops
+        };
         let me = Hop {
-            id: NodeId(self.config.node_id),
-            key: current.keys.secret.public_key(),
+            id: NodeId(my_id),
+            key,
         };
         let h = usize::from(params.hops).clamp(1, 4);
         let count = count.min(LOOP_STOCK);
@@ -828,6 +907,48 @@ impl Engine {
             due: Timestamp::ZERO,
         });
         Ok(identifier)
+    }
+
+    /// Queues a packet the layer above built ([`crate::paths::Paths`]) for one of the
+    /// node's own-data slots; `first_hop` is where it goes first (a node ID, or a direct ID).
+    pub fn queue_own(&mut self, packet: &[u8], first_hop: &[u8; 32]) -> Result<(), SendError> {
+        if self.current.is_none() {
+            return Err(SendError::NoConsensus);
+        }
+        if packet.len() != self.packet_size {
+            return Err(SendError::WrongSize);
+        }
+        if self.own.len() >= self.config.own_queue {
+            self.counters.drop(DropReason::OwnQueueFull);
+            return Err(SendError::QueueFull);
+        }
+        let to = self
+            .address_of(first_hop)
+            .ok_or(SendError::UnknownDestination)?;
+        let buf = self.pool.take().ok_or(SendError::PoolFull)?;
+        self.pool.get_mut(buf).copy_from_slice(packet);
+        self.own.push_back(Queued {
+            buf,
+            to,
+            category: OutCategory::Own,
+            due: Timestamp::ZERO,
+        });
+        Ok(())
+    }
+
+    /// Queues a packet like [`Self::queue_own`], but ahead of every own packet waiting:
+    /// for acknowledgements, which are small and time-critical.
+    pub fn queue_control(&mut self, packet: &[u8], first_hop: &[u8; 32]) -> Result<(), SendError> {
+        self.queue_own(packet, first_hop)?;
+        if let Some(q) = self.own.pop_back() {
+            self.own.push_front(q);
+        }
+        Ok(())
+    }
+
+    /// Room left in the own-data queue.
+    pub fn own_room(&self) -> usize {
+        self.config.own_queue.saturating_sub(self.own.len())
     }
 
     /// Own messages waiting for a slot.

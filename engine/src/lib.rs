@@ -8,10 +8,12 @@
 pub mod counters;
 pub mod engine;
 pub mod loops;
+pub mod paths;
 pub mod pool;
 pub mod replay;
 pub mod sim;
 
 pub use counters::{Counters, DropReason, OutCategory};
 pub use engine::{Engine, EngineConfig, EpochKeys, Event, InstallError, SendError, Transmit};
+pub use paths::{Paths, direct_id, parse_direct_id};
 pub use replay::{ReplayFilter, Seen};

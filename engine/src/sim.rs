@@ -102,6 +102,7 @@ pub struct Sim {
     rng: ChaCha20Rng,
     seq: u64,
     buf: Vec<u8>,
+    down: Vec<bool>,
 }
 
 /// Network parameters for simulations: 1,452-byte packets, `hops` hops, rho = 1.5, mean
@@ -210,12 +211,26 @@ impl Sim {
             rng,
             seq: 0,
             buf: vec![0u8; 65_536],
+            down: vec![false; n],
         }
     }
 
     /// Node `i`'s ID.
     pub fn node_id(&self, i: usize) -> [u8; 32] {
         self.nodes[i].identity.public().node_id()
+    }
+
+    /// The network's randomness (to seed what runs on top of it).
+    pub fn rng(&mut self) -> &mut ChaCha20Rng {
+        &mut self.rng
+    }
+
+    /// Switches node `i` off (or back on): while off it neither runs nor receives, and what
+    /// is sent to it is lost.
+    pub fn set_down(&mut self, i: usize, down: bool) {
+        if let Some(d) = self.down.get_mut(i) {
+            *d = down;
+        }
     }
 
     fn uniform(&mut self) -> f64 {
@@ -230,6 +245,10 @@ impl Sim {
     /// Puts a datagram on the link to `to`, as the link model says.
     fn transmit(&mut self, to: usize, mut bytes: Vec<u8>) {
         self.stats.sent += 1;
+        if self.down[to] {
+            self.stats.lost += 1;
+            return;
+        }
         if self.uniform() < self.link.loss {
             self.stats.lost += 1;
             return;
@@ -266,7 +285,9 @@ impl Sim {
             let next_timer = self
                 .nodes
                 .iter()
-                .filter_map(|n| n.engine.poll_timeout())
+                .zip(&self.down)
+                .filter(|(_, down)| !**down)
+                .filter_map(|(n, _)| n.engine.poll_timeout())
                 .min();
             let Some(next) = [next_arrival, next_timer].into_iter().flatten().min() else {
                 self.now = until;
@@ -288,7 +309,9 @@ impl Sim {
             if *t > self.now {
                 break;
             }
-            if let Some(Reverse((_, _, to, bytes))) = self.in_flight.pop() {
+            if let Some(Reverse((_, _, to, bytes))) = self.in_flight.pop()
+                && !self.down[to]
+            {
                 arrivals.push((to, bytes));
             }
         }
@@ -309,13 +332,16 @@ impl Sim {
             self.nodes[to].engine.handle_datagrams(now, &mut batch);
             start = end;
         }
-        for node in &mut self.nodes {
+        for (node, _) in self.nodes.iter_mut().zip(&self.down).filter(|(_, d)| !**d) {
             if node.engine.poll_timeout().is_some_and(|t| t <= now) {
                 node.engine.handle_timeout(now);
             }
         }
         let mut out = Vec::new();
         for (i, node) in self.nodes.iter_mut().enumerate() {
+            if self.down[i] {
+                continue;
+            }
             while let Some(t) = node.engine.poll_transmit(&mut self.buf) {
                 out.push((i, t.to, self.buf[..t.len].to_vec()));
             }

@@ -171,6 +171,11 @@ impl Metrics {
             &[("", total.delivered)],
         );
         counter(
+            "replies_sealed_total",
+            "Packets for this node still sealed: replies through its SURBs (or damaged).",
+            &[("", total.sealed)],
+        );
+        counter(
             "cover_received_total",
             "Drop cover received and discarded.",
             &[("", total.cover_received)],

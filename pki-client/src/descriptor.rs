@@ -61,6 +61,15 @@ impl IdentityKey {
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
+
+    /// The X25519 public key of the same secret (the birational map from Edwards to
+    /// Montgomery form), for static-static Diffie-Hellman between identities; `None` when
+    /// the bytes are not a valid Ed25519 key.
+    pub fn x25519_public(&self) -> Option<[u8; 32]> {
+        VerifyingKey::from_bytes(&self.0)
+            .ok()
+            .map(|k| k.to_montgomery().to_bytes())
+    }
 }
 
 /// The secret half of an identity key. Erased when dropped.
@@ -94,6 +103,12 @@ impl IdentitySecret {
     /// The public half.
     pub fn public(&self) -> IdentityKey {
         IdentityKey(self.0.verifying_key().to_bytes())
+    }
+
+    /// The X25519 secret scalar of this key (clamped by X25519), whose public key is
+    /// [`IdentityKey::x25519_public`] of [`Self::public`]. Handle with care.
+    pub fn x25519_secret(&self) -> [u8; 32] {
+        self.0.to_scalar_bytes()
     }
 
     /// An Ed25519 signature over `context || message`.

@@ -1,0 +1,21 @@
+//! Reliable anonymous messages over the mix network (sections 2.1, 4.2.2, 4.3 and 4.5 of
+//! the paper): the [`Messenger`] turns whole messages of up to 1 MiB into RaptorQ-coded
+//! packets with redundancy from the binomial model, acknowledges them through SURBs,
+//! repairs them on NACK or timeout, and tells the application when a recipient seems
+//! offline. It is sans-IO, like the engine it sits on; [`testnet`] drives it on the
+//! deterministic test network, the node's runtime on real sockets.
+
+#![forbid(unsafe_code)]
+
+pub mod coding;
+pub mod identity;
+pub mod latency;
+pub mod messenger;
+pub mod testnet;
+pub mod wire;
+
+pub use messenger::{
+    MessageError, Messenger, MessengerConfig, MessengerCounters, MessengerEvent, Received,
+    ReplyHandle, SendOptions,
+};
+pub use wire::MessageId;

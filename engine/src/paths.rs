@@ -1,0 +1,299 @@
+//! Paths for the layer above: forward packets to a destination and single-use reply blocks
+//! back to this node, built off the packet path (by the messaging layer's thread) from one
+//! epoch's consensus. The engine only queues what is built here ([`crate::Engine::queue_own`]).
+//!
+//! A node that is not in the consensus (passive mode, section 4.2.1 of the paper) is still
+//! reachable as the last hop of its own loops and SURBs: its hop ID is a *direct* ID that
+//! carries its address ([`direct_id`]), so the mix before it can deliver without a directory
+//! entry. Only the node itself puts such an ID into a header, and only behind its own
+//! layers of encryption: no one else learns it but that last mix.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use crypto_simd::sphinx::{
+    self, Delay, Destination, HEADER_LEN, Hop, MixPublicKey, NodeId, PAYLOAD_OVERHEAD, Surb,
+    SurbRecovery,
+};
+use pki_client::{NetworkParams, VerifiedConsensus};
+use rand_core::CryptoRng;
+use scheduler::ExpDelay;
+
+use crate::engine::SendError;
+
+/// The tag a direct ID starts with: `0xff` then `dir` and the format version.
+const DIRECT_TAG: [u8; 5] = [0xff, b'd', b'i', b'r', 1];
+
+/// The hop ID that routes straight to `addr`: tag (5) || family (1: 4 or 6) || address (16)
+/// || port (2, big-endian) || zeros (8). A SHA-256 node ID has this form with probability
+/// 2^-104.
+pub fn direct_id(addr: SocketAddr) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..5].copy_from_slice(&DIRECT_TAG);
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            id[5] = 4;
+            id[6..10].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            id[5] = 6;
+            id[6..22].copy_from_slice(&v6.octets());
+        }
+    }
+    id[22..24].copy_from_slice(&addr.port().to_be_bytes());
+    id
+}
+
+/// The address in a direct ID, or `None` when `id` is not one (an ordinary node ID).
+pub fn parse_direct_id(id: &[u8; 32]) -> Option<SocketAddr> {
+    if id[..5] != DIRECT_TAG || id[24..] != [0u8; 8] {
+        return None;
+    }
+    let port = u16::from_be_bytes([id[22], id[23]]);
+    let ip = match id[5] {
+        4 => {
+            if id[10..22] != [0u8; 12] {
+                return None;
+            }
+            IpAddr::V4(Ipv4Addr::new(id[6], id[7], id[8], id[9]))
+        }
+        6 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&id[6..22]);
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    if port == 0 || ip.is_unspecified() || ip.is_multicast() {
+        return None;
+    }
+    Some(SocketAddr::new(ip, port))
+}
+
+/// One epoch's paths for one node.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    consensus: Arc<VerifiedConsensus>,
+    node_id: [u8; 32],
+    me: Hop,
+    delays: ExpDelay,
+}
+
+impl Paths {
+    /// Paths under `consensus` for the node `node_id`, whose mix key for the epoch is
+    /// `mix_public`. When the node is not in the consensus, replies reach it at `address`
+    /// (a direct ID); without an address it cannot receive replies and [`Self::surb`] fails.
+    pub fn new(
+        consensus: Arc<VerifiedConsensus>,
+        node_id: [u8; 32],
+        address: Option<SocketAddr>,
+        mix_public: MixPublicKey,
+    ) -> Self {
+        let listed = consensus.node(&node_id).is_some();
+        let hop_id = match (listed, address) {
+            (true, _) => node_id,
+            (false, Some(a)) => direct_id(a),
+            // unreachable: SURBs are refused below
+            (false, None) => [0u8; 32],
+        };
+        let params = *consensus.params();
+        let delays = ExpDelay::new(std::time::Duration::from_micros(params.mean_delay_micros))
+            .unwrap_or(ExpDelay::ZERO);
+        Paths {
+            consensus,
+            node_id,
+            me: Hop {
+                id: NodeId(hop_id),
+                key: mix_public,
+            },
+            delays,
+        }
+    }
+
+    /// The consensus these paths come from.
+    pub fn consensus(&self) -> &Arc<VerifiedConsensus> {
+        &self.consensus
+    }
+
+    /// The network's parameters.
+    pub fn params(&self) -> &NetworkParams {
+        self.consensus.params()
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> u64 {
+        self.consensus.epoch()
+    }
+
+    /// The packet size in bytes.
+    pub fn packet_size(&self) -> usize {
+        self.params().packet_size as usize
+    }
+
+    /// The most plaintext one packet carries.
+    pub fn max_plaintext(&self) -> usize {
+        self.packet_size()
+            .saturating_sub(HEADER_LEN + PAYLOAD_OVERHEAD)
+    }
+
+    /// The mean per-hop delay 1/mu.
+    pub fn mean_delay(&self) -> std::time::Duration {
+        self.delays.mean()
+    }
+
+    /// h, the hops of a path by the consensus.
+    pub fn default_hops(&self) -> usize {
+        usize::from(self.params().hops).clamp(1, sphinx::MAX_HOPS)
+    }
+
+    /// Whether this node can receive replies (it is listed, or it knows its address).
+    pub fn can_receive(&self) -> bool {
+        self.me.id.0 != [0u8; 32]
+    }
+
+    /// The hop ID replies to this node end at.
+    pub fn my_hop_id(&self) -> [u8; 32] {
+        self.me.id.0
+    }
+
+    fn middle<R: CryptoRng + ?Sized>(
+        &self,
+        count: usize,
+        exclude: &[[u8; 32]],
+        rng: &mut R,
+        route: &mut [Hop; sphinx::MAX_HOPS],
+        delays: &mut [Delay; sphinx::MAX_HOPS],
+    ) -> Result<(), SendError> {
+        let mut idx = [0usize; sphinx::MAX_HOPS];
+        pki_client::select_hops(
+            &self.consensus,
+            count,
+            exclude,
+            |_| 1.0,
+            rng,
+            &mut idx[..count],
+        )
+        .map_err(|_| SendError::NoPath)?;
+        for (i, &n) in idx[..count].iter().enumerate() {
+            let node = &self.consensus.nodes()[n];
+            route[i] = Hop {
+                id: NodeId(node.id()),
+                key: MixPublicKey(node.mix_key),
+            };
+            delays[i] = Delay::from_nanos(self.delays.sample(rng).as_nanos() as u64);
+        }
+        Ok(())
+    }
+
+    /// Builds into `out` (the packet size) a packet carrying `plaintext` to `destination`
+    /// through `hops - 1` mixes drawn by bandwidth, with `identifier` for the destination.
+    /// Returns the first hop's ID.
+    pub fn forward<R: CryptoRng + ?Sized>(
+        &self,
+        destination: &[u8; 32],
+        hops: usize,
+        identifier: [u8; 16],
+        plaintext: &[u8],
+        rng: &mut R,
+        out: &mut [u8],
+    ) -> Result<[u8; 32], SendError> {
+        if !(1..=sphinx::MAX_HOPS).contains(&hops) {
+            return Err(SendError::NoPath);
+        }
+        let dest = self
+            .consensus
+            .node(destination)
+            .ok_or(SendError::UnknownDestination)?;
+        let last = Hop {
+            id: NodeId(*destination),
+            key: MixPublicKey(dest.mix_key),
+        };
+        let mut route = [last; sphinx::MAX_HOPS];
+        let mut delays = [Delay::default(); sphinx::MAX_HOPS];
+        self.middle(
+            hops - 1,
+            &[self.node_id, *destination],
+            rng,
+            &mut route,
+            &mut delays,
+        )?;
+        route[hops - 1] = last;
+        sphinx::build_packet(
+            &route[..hops],
+            &delays[..hops - 1],
+            &Destination {
+                address: *destination,
+                identifier,
+            },
+            plaintext,
+            rng,
+            out,
+        )
+        .map_err(|_| SendError::TooLong)?;
+        Ok(route[0].id.0)
+    }
+
+    /// A SURB for a reply to this node through `hops - 1` mixes, and what this node keeps to
+    /// read the reply. The reply arrives as [`crate::Event::Sealed`] with the recovery's
+    /// identifier (random, never zero).
+    pub fn surb<R: CryptoRng + ?Sized>(
+        &self,
+        hops: usize,
+        rng: &mut R,
+    ) -> Result<(Surb, SurbRecovery), SendError> {
+        if !(2..=sphinx::MAX_HOPS).contains(&hops) {
+            return Err(SendError::NoPath);
+        }
+        if !self.can_receive() {
+            return Err(SendError::Unreachable);
+        }
+        let mut route = [self.me; sphinx::MAX_HOPS];
+        let mut delays = [Delay::default(); sphinx::MAX_HOPS];
+        self.middle(hops - 1, &[self.node_id], rng, &mut route, &mut delays)?;
+        route[hops - 1] = self.me;
+        let mut identifier = [0u8; 16];
+        while identifier == [0u8; 16] {
+            rng.fill_bytes(&mut identifier);
+        }
+        Surb::new(
+            &route[..hops],
+            &delays[..hops - 1],
+            &Destination {
+                address: self.node_id,
+                identifier,
+            },
+            rng,
+        )
+        .map_err(|_| SendError::NoPath)
+    }
+
+    /// The first hop of a SURB, as an address this node can send to.
+    pub fn resolve(&self, hop: &[u8; 32]) -> Option<SocketAddr> {
+        self.consensus
+            .node(hop)
+            .and_then(|n| n.addresses.first().copied())
+            .or_else(|| parse_direct_id(hop))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_ids_round_trip_and_ordinary_ids_are_not_direct() {
+        for addr in [
+            "127.0.0.1:4000".parse::<SocketAddr>(),
+            "[2001:db8::7]:65535".parse(),
+        ] {
+            let addr = addr.unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 1)));
+            assert_eq!(parse_direct_id(&direct_id(addr)), Some(addr));
+        }
+        assert_eq!(parse_direct_id(&[7u8; 32]), None);
+        let mut bad = direct_id(SocketAddr::from(([10, 0, 0, 1], 9)));
+        bad[31] = 1;
+        assert_eq!(parse_direct_id(&bad), None);
+        let zero_port = direct_id(SocketAddr::from(([10, 0, 0, 1], 0)));
+        assert_eq!(parse_direct_id(&zero_port), None);
+    }
+}
