@@ -10,6 +10,7 @@
 pub mod coding;
 pub mod identity;
 pub mod latency;
+pub mod local;
 pub mod messenger;
 pub mod testnet;
 pub mod wire;

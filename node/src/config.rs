@@ -18,6 +18,7 @@ cores = 1                        # threads, one per core, each with its own sock
 io = "auto"                      # auto | io-uring | portable
 metrics = "127.0.0.1:9100"       # Prometheus text at http://<metrics>/metrics; "off" to disable
 passive = false                  # true: send and receive without registering or forwarding
+api_socket = "api.sock"          # the local API (Unix socket, mode 0600), relative to key_dir; "off" to disable
 
 [[authorities]]
 identity = "<64 hex digits>"
@@ -39,7 +40,13 @@ struct FileConfig {
     metrics: String,
     #[serde(default)]
     passive: bool,
+    #[serde(default = "default_api_socket")]
+    api_socket: String,
     authorities: Vec<AuthorityEndpoint>,
+}
+
+fn default_api_socket() -> String {
+    "api.sock".into()
 }
 
 fn one() -> usize {
@@ -71,6 +78,8 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// Passive: no registration, no forwarding.
     pub passive: bool,
+    /// Where to serve the local API (a Unix socket, mode 0600), or `None`.
+    pub api_socket: Option<PathBuf>,
     /// The directory authorities.
     pub authorities: Vec<AuthorityEndpoint>,
 }
@@ -117,8 +126,14 @@ impl NodeConfig {
                 ConfigError::Value(format!("metrics: {m:?} is not an address or \"off\""))
             })?),
         };
+        let key_dir = base.join(file.key_dir);
+        let api_socket = match file.api_socket.trim() {
+            "off" | "" => None,
+            p => Some(key_dir.join(p)),
+        };
         let config = NodeConfig {
-            key_dir: base.join(file.key_dir),
+            key_dir,
+            api_socket,
             listen: file.listen,
             advertise: file.advertise,
             bandwidth: file.bandwidth,

@@ -2,12 +2,15 @@
 //! io_uring or recvmmsg/sendmmsg), its key directory, its configuration, its metrics, and the
 //! `mixed demo` network.
 
+pub mod api;
 pub mod config;
 pub mod demo;
 pub mod io;
 pub mod keys;
+pub mod local;
 pub mod metrics;
 pub mod runtime;
+pub(crate) mod service;
 
 pub use config::NodeConfig;
 pub use io::IoChoice;

@@ -36,14 +36,14 @@ enum Command {
         /// Nodes in the network.
         #[arg(long, default_value_t = 8)]
         nodes: usize,
-        /// Messages from the first node to the last.
+        /// Whole messages from the first node to the last (the first is 64 KiB).
         #[arg(long, default_value_t = 20)]
         messages: usize,
         /// Epoch length in seconds (the first consensus is for the second epoch).
         #[arg(long, default_value_t = 6)]
         epoch_seconds: u64,
         /// B of every node, packets a second.
-        #[arg(long, default_value_t = 40.0)]
+        #[arg(long, default_value_t = 100.0)]
         bandwidth: f64,
         /// I/O backend of the nodes.
         #[arg(long, value_enum, default_value = "auto")]

@@ -33,6 +33,8 @@ pub struct Metrics {
     epoch: AtomicU64,
     nodes: AtomicU64,
     sequence: AtomicU32,
+    messenger: Mutex<anon::MessengerCounters>,
+    undeliverable: AtomicU64,
 }
 
 const NO_EPOCH: u64 = u64::MAX;
@@ -44,7 +46,25 @@ impl Metrics {
             epoch: AtomicU64::new(NO_EPOCH),
             nodes: AtomicU64::new(0),
             sequence: AtomicU32::new(0),
+            messenger: Mutex::new(anon::MessengerCounters::default()),
+            undeliverable: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn set_messenger(&self, c: anon::MessengerCounters) {
+        *self.messenger.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    pub(crate) fn count_undeliverable(&self) {
+        self.undeliverable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The messaging layer's counters.
+    pub fn messenger(&self) -> anon::MessengerCounters {
+        self.messenger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn cores(&self) -> MutexGuard<'_, Vec<Option<CoreSnapshot>>> {
@@ -67,6 +87,11 @@ impl Metrics {
 
     pub(crate) fn bump_sequence(&self) -> u32 {
         self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Nodes in the installed consensus.
+    pub fn nodes(&self) -> usize {
+        self.nodes.load(Ordering::Relaxed) as usize
     }
 
     /// The epoch installed, if any.
@@ -179,6 +204,61 @@ impl Metrics {
             "cover_received_total",
             "Drop cover received and discarded.",
             &[("", total.cover_received)],
+        );
+        let m = self.messenger();
+        counter(
+            "anon_messages_total",
+            "Whole messages, by direction.",
+            &[
+                ("{direction=\"sent\"}", m.messages_sent),
+                ("{direction=\"received\"}", m.messages_received),
+            ],
+        );
+        counter(
+            "anon_symbols_total",
+            "RaptorQ symbols, by fate.",
+            &[
+                ("{fate=\"sent\"}", m.symbols_sent),
+                ("{fate=\"received\"}", m.symbols_received),
+                ("{fate=\"ignored\"}", m.symbols_ignored),
+            ],
+        );
+        counter(
+            "anon_acks_total",
+            "Acknowledgements, by kind and direction.",
+            &[
+                ("{kind=\"ack\",direction=\"sent\"}", m.acks_sent),
+                ("{kind=\"ack\",direction=\"received\"}", m.acks_received),
+                ("{kind=\"nack\",direction=\"sent\"}", m.nacks_sent),
+                ("{kind=\"nack\",direction=\"received\"}", m.nacks_received),
+            ],
+        );
+        counter(
+            "anon_retries_total",
+            "Attempts after the first.",
+            &[("", m.retries)],
+        );
+        counter(
+            "anon_offline_total",
+            "Messages whose recipient seemed offline after every attempt.",
+            &[("", m.offline)],
+        );
+        counter(
+            "anon_dropped_total",
+            "Messaging input dropped, by reason.",
+            &[
+                ("{reason=\"malformed\"}", m.malformed),
+                ("{reason=\"unknown_sealed\"}", m.unknown_sealed),
+                ("{reason=\"bad_object\"}", m.bad_objects),
+                ("{reason=\"bad_identity\"}", m.bad_identity),
+                ("{reason=\"incoming_full\"}", m.incoming_full),
+                ("{reason=\"incoming_expired\"}", m.incoming_expired),
+                ("{reason=\"events_dropped\"}", m.events_dropped),
+                (
+                    "{reason=\"undeliverable\"}",
+                    self.undeliverable.load(Ordering::Relaxed),
+                ),
+            ],
         );
         let buckets = ["1", "3", "7", "15", "31", "63", "+Inf"];
         let _ = writeln!(

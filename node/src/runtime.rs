@@ -24,6 +24,7 @@ use crate::config::NodeConfig;
 use crate::io::{Io, reuseport_socket};
 use crate::keys::KeyDir;
 use crate::metrics::{CoreSnapshot, Metrics};
+use crate::service::{Input, OwnQueues, Presence, Service};
 
 /// Epochs of mix keys published ahead.
 const KEYS_AHEAD: u64 = 3;
@@ -67,6 +68,7 @@ pub fn unix_now() -> u64 {
 /// A command for a core.
 enum Command {
     Install(EpochKeys),
+    SetForwarding(bool),
     Send {
         to: [u8; 32],
         payload: Vec<u8>,
@@ -114,6 +116,12 @@ struct Core {
 /// A running node.
 pub struct Node {
     node_id: [u8; 32],
+    pub(crate) service: SyncSender<Input>,
+    service_thread: Option<JoinHandle<()>>,
+    local: Option<crate::local::LocalServer>,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) next_app: std::sync::atomic::AtomicU64,
+    key_dir: std::path::PathBuf,
     addr: SocketAddr,
     cores: Vec<Core>,
     control: Option<JoinHandle<()>>,
@@ -155,6 +163,9 @@ impl Node {
         let addr = config.advertise.unwrap_or(bound);
 
         let (event_tx, events) = sync_channel(EVENTS);
+        let (service_tx, service_rx) = sync_channel(crate::service::INPUT_QUEUE);
+        let own = Arc::new(OwnQueues::new());
+        let presence = Arc::new(Presence::new(!config.passive, config.bandwidth));
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         let mut cores = Vec::new();
         let mut io_names = Vec::new();
@@ -167,13 +178,19 @@ impl Node {
             let mut engine_config =
                 EngineConfig::new(node_id, config.bandwidth / config.cores as f64);
             engine_config.forwarding = !config.passive;
+            // when passive (not in the consensus), loops and SURBs end at this address
+            engine_config.address = Some(addr);
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
             let engine = Engine::new(engine_config, seed)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             let (tx, rx) = inbox(INBOX);
             let stop = Arc::clone(&stop);
-            let events = event_tx.clone();
+            let outlets = Outlets {
+                events: event_tx.clone(),
+                service: service_tx.clone(),
+                own: Arc::clone(&own),
+            };
             let metrics = Arc::clone(&metrics);
             let pin = core_ids.get(i % core_ids.len().max(1)).copied();
             let thread = std::thread::Builder::new()
@@ -182,7 +199,7 @@ impl Node {
                     if let Some(id) = pin {
                         core_affinity::set_for_current(id);
                     }
-                    run_core(i, engine, io, rx, clock, stop, events, metrics);
+                    run_core(i, engine, io, rx, clock, stop, outlets, metrics);
                 })?;
             cores.push(Core {
                 inbox: tx,
@@ -201,7 +218,30 @@ impl Node {
         let control_stop = Arc::clone(&stop);
         let control_metrics = Arc::clone(&metrics);
         let bandwidth = config.bandwidth;
-        let passive = config.passive;
+        let control_presence = Arc::clone(&presence);
+        let control_service = service_tx.clone();
+        let forwarding_senders = senders.clone();
+        let mut service_seed = [0u8; 32];
+        getrandom::fill(&mut service_seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let service = Service::new(
+            identity.clone(),
+            service_rx,
+            Arc::clone(&own),
+            Arc::clone(&presence),
+            config.bandwidth,
+            Box::new(move |on| {
+                for s in &forwarding_senders {
+                    let _ = s.try_send(Command::SetForwarding(on));
+                }
+            }),
+            Arc::clone(&metrics),
+            clock,
+            Arc::clone(&stop),
+            service_seed,
+        );
+        let service_thread = std::thread::Builder::new()
+            .name("mixed-messenger".into())
+            .spawn(move || service.run())?;
         let control = std::thread::Builder::new()
             .name("mixed-control".into())
             .spawn(move || {
@@ -211,7 +251,8 @@ impl Node {
                     identity,
                     addr,
                     bandwidth,
-                    passive,
+                    presence: control_presence,
+                    service: control_service,
                     senders,
                     installed: None,
                     registered_in: None,
@@ -224,8 +265,14 @@ impl Node {
         if let Some(m) = config.metrics {
             crate::metrics::serve(m, Arc::clone(&metrics), Arc::clone(&stop))?;
         }
-        Ok(Node {
+        let mut node = Node {
             node_id,
+            service: service_tx,
+            service_thread: Some(service_thread),
+            local: None,
+            presence,
+            next_app: std::sync::atomic::AtomicU64::new(1),
+            key_dir: config.key_dir.clone(),
             addr,
             cores,
             control: Some(control),
@@ -235,7 +282,26 @@ impl Node {
             clock,
             next_core: std::sync::atomic::AtomicUsize::new(0),
             io_names,
-        })
+        };
+        if let Some(path) = &config.api_socket {
+            node.local = Some(crate::local::LocalServer::start(path, &node)?);
+        }
+        Ok(node)
+    }
+
+    /// The key directory.
+    pub fn key_dir(&self) -> &std::path::Path {
+        &self.key_dir
+    }
+
+    /// The local API socket, when served.
+    pub fn api_socket(&self) -> Option<&std::path::Path> {
+        self.local.as_ref().map(|l| l.path())
+    }
+
+    /// Whether the node is bound: in the PKI and forwarding.
+    pub fn is_bound(&self) -> bool {
+        self.presence.bound.load(Ordering::Relaxed)
     }
 
     /// This node's ID.
@@ -299,6 +365,12 @@ impl Node {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(l) = self.local.take() {
+            l.stop();
+        }
+        if let Some(t) = self.service_thread.take() {
+            let _ = t.join();
+        }
         for core in &mut self.cores {
             if let Some(t) = core.thread.take() {
                 let _ = t.join();
@@ -316,6 +388,16 @@ impl Drop for Node {
     }
 }
 
+/// Where a core's deliveries and own packets come and go.
+struct Outlets {
+    /// Raw engine events, for [`Node::events`].
+    events: SyncSender<NodeEvent>,
+    /// The messaging service.
+    service: SyncSender<Input>,
+    /// Packets the service built.
+    own: Arc<OwnQueues>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_core(
     index: usize,
@@ -324,7 +406,7 @@ fn run_core(
     inbox: Inbox<Command>,
     clock: Clock,
     stop: Arc<AtomicBool>,
-    events: SyncSender<NodeEvent>,
+    outlets: Outlets,
     metrics: Arc<Metrics>,
 ) {
     let mut tx_bufs = vec![[0u8; crate::io::BUF_SIZE]; crate::io::BATCH];
@@ -344,10 +426,12 @@ fn run_core(
                     Err(e) => tracing::error!(core = index, %e, "cannot install the epoch"),
                 }
             }
+            Command::SetForwarding(on) => engine.set_forwarding(on),
             Command::Send { to, payload, reply } => {
                 let _ = reply.try_send(engine.send_message(to, &payload));
             }
         });
+        outlets.own.feed(&mut engine);
         let now = clock.now();
         let wait = engine
             .poll_timeout()
@@ -390,7 +474,20 @@ fn run_core(
             }
         }
         while let Some(event) = engine.poll_event() {
-            let _ = events.try_send(NodeEvent {
+            match &event {
+                Event::Message { .. } | Event::Sealed { .. } => {
+                    let _ = outlets.service.try_send(Input::Core(event.clone()));
+                }
+                Event::LoopCollapse { recent, usual } => {
+                    tracing::warn!(
+                        core = index,
+                        recent,
+                        usual,
+                        "loops stopped returning: a possible (n-1) attack around this node"
+                    );
+                }
+            }
+            let _ = outlets.events.try_send(NodeEvent {
                 at: clock.now(),
                 event,
             });
@@ -433,7 +530,8 @@ struct Control {
     identity: IdentitySecret,
     addr: SocketAddr,
     bandwidth: f64,
-    passive: bool,
+    presence: Arc<Presence>,
+    service: SyncSender<Input>,
     senders: Vec<Sender<Command>>,
     installed: Option<u64>,
     registered_in: Option<u64>,
@@ -467,11 +565,18 @@ impl Control {
                 Some(p) => Some(p.epoch_at(now)),
                 None => self.client.current_epoch(),
             };
+            let bound = self.presence.bound.load(Ordering::Relaxed);
             if let Some(e) = epoch
-                && !self.passive
+                && bound
                 && self.registered_in != Some(e)
             {
                 self.register(e);
+            }
+            if let Some(e) = epoch
+                && !bound
+                && self.registered_in.is_some()
+            {
+                self.withdraw(e);
             }
             if let Some(e) = epoch
                 && self.installed.is_none_or(|i| i < e)
@@ -520,7 +625,7 @@ impl Control {
             identity: self.identity.public(),
             sequence,
             addresses: vec![self.addr],
-            bandwidth: self.bandwidth.max(1.0) as u32,
+            bandwidth: self.presence.bandwidth().min(self.bandwidth).max(1.0) as u32,
             roles: Roles {
                 mix: true,
                 services: vec![],
@@ -548,6 +653,23 @@ impl Control {
         }
     }
 
+    /// unbindanon: the node leaves the consensus from the next epoch on.
+    fn withdraw(&mut self, epoch: u64) {
+        let sequence = unix_now() * 1000 + u64::from(self.metrics.bump_sequence() % 1000);
+        let Ok(w) = pki_client::Withdrawal {
+            identity: self.identity.public(),
+            sequence,
+            from_epoch: epoch + 1,
+        }
+        .sign(&self.identity) else {
+            return;
+        };
+        let answers = self.client.withdraw(&w);
+        if answers.iter().filter(|(_, r)| r.is_ok()).count() * 2 > answers.len() {
+            self.registered_in = None;
+        }
+    }
+
     fn install(&mut self, epoch: u64, consensus: pki_client::VerifiedConsensus) {
         let secret = match self.keys.mix_key(epoch) {
             Ok(k) => k,
@@ -566,6 +688,18 @@ impl Control {
         self.replay.retain(|(e, _)| *e + 2 > epoch);
         let consensus = Arc::new(consensus);
         self.metrics.set_nodes(consensus.nodes().len());
+        let params = *consensus.params();
+        let own_rate = f64::from(params.rho_permille) / 1000.0 * self.bandwidth
+            / f64::from(params.hops.max(1));
+        let _ = self.service.try_send(Input::Epoch {
+            paths: engine::Paths::new(
+                Arc::clone(&consensus),
+                self.identity.public().node_id(),
+                Some(self.addr),
+                secret.public_key(),
+            ),
+            own_rate,
+        });
         for s in &self.senders {
             let keys = EpochKeys {
                 consensus: Arc::clone(&consensus),

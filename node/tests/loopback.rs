@@ -244,6 +244,7 @@ fn bad_configuration_and_key_files_are_clear_errors() {
         io: IoChoice::Portable,
         metrics: None,
         passive: true,
+        api_socket: None,
         authorities: vec![pki_client::AuthorityEndpoint {
             identity: pki_client::IdentityKey([1; 32]),
             url: "http://127.0.0.1:9".into(),

@@ -1,0 +1,485 @@
+//! The messaging service: one thread per node that runs the [`Messenger`] for every
+//! application of the node, in-process ([`crate::api`]) or over the local API socket
+//! ([`crate::local`]).
+//!
+//! - The cores send it what the engines deliver (messages, sealed replies).
+//! - It hands built packets to the cores through two bounded lock-free queues (ACKs and
+//!   NACKs first); a core takes them when its own-data queue has room, so the node's
+//!   constant-rate budget is shared by every application, message by message in turn.
+//! - Applications talk to it through one bounded channel; each gets its events through its
+//!   own bounded queue, so a slow or crashed application holds up no one else.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::Duration;
+
+use anon::local::{ApiError, Code, Frame};
+use anon::{
+    MessageId, Messenger, MessengerConfig, MessengerEvent, Received, ReplyHandle, SendOptions,
+};
+use crossbeam_queue::ArrayQueue;
+use engine::{Event, Paths};
+use pki_client::IdentitySecret;
+
+use crate::metrics::Metrics;
+use crate::runtime::Clock;
+
+/// ACKs and NACKs waiting for a core.
+const CONTROL_QUEUE: usize = 64;
+/// Message packets built ahead for the cores.
+const DATA_QUEUE: usize = 32;
+/// Own packets a core keeps queued in its engine.
+pub(crate) const OWN_AHEAD: usize = 8;
+/// Requests and deliveries waiting for the service.
+pub(crate) const INPUT_QUEUE: usize = 8192;
+/// Events an application's queue holds before they wait in the service.
+pub(crate) const APP_QUEUE: usize = 1024;
+/// Messages held for ports no application listens on (or for slow ones), at most.
+const HELD_MESSAGES: usize = 1024;
+/// Bytes of those, at most.
+const HELD_BYTES: usize = 64 << 20;
+
+/// A built packet for a core.
+#[derive(Debug)]
+pub(crate) struct OwnPacket {
+    pub(crate) hop: [u8; 32],
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// The queues between the service and the cores.
+#[derive(Debug)]
+pub(crate) struct OwnQueues {
+    pub(crate) control: ArrayQueue<OwnPacket>,
+    pub(crate) data: ArrayQueue<OwnPacket>,
+    /// Buffers back from the cores, for reuse.
+    pub(crate) free: ArrayQueue<Vec<u8>>,
+}
+
+impl OwnQueues {
+    pub(crate) fn new() -> Self {
+        OwnQueues {
+            control: ArrayQueue::new(CONTROL_QUEUE),
+            data: ArrayQueue::new(DATA_QUEUE),
+            free: ArrayQueue::new(CONTROL_QUEUE + DATA_QUEUE + 64),
+        }
+    }
+
+    /// Moves waiting packets into a core's engine: control first, then data while the
+    /// engine holds fewer than [`OWN_AHEAD`].
+    pub(crate) fn feed(&self, engine: &mut engine::Engine) {
+        while engine.own_room() > 0 {
+            let Some(p) = self.control.pop() else { break };
+            let _ = engine.queue_control(&p.bytes, &p.hop);
+            let _ = self.free.push(p.bytes);
+        }
+        while engine.own_queued() < OWN_AHEAD {
+            let Some(p) = self.data.pop() else { break };
+            // a packet that cannot be queued is lost like one on the wire: the messenger's
+            // redundancy and retries cover it
+            let _ = engine.queue_own(&p.bytes, &p.hop);
+            let _ = self.free.push(p.bytes);
+        }
+    }
+}
+
+/// Whether the node is bound (in the PKI, forwarding), and what it advertises; shared by
+/// the service, the control thread and the API.
+#[derive(Debug)]
+pub(crate) struct Presence {
+    pub(crate) bound: AtomicBool,
+    bandwidth: AtomicU64,
+}
+
+impl Presence {
+    pub(crate) fn new(bound: bool, bandwidth: f64) -> Self {
+        Presence {
+            bound: AtomicBool::new(bound),
+            bandwidth: AtomicU64::new(bandwidth.to_bits()),
+        }
+    }
+    pub(crate) fn bandwidth(&self) -> f64 {
+        f64::from_bits(self.bandwidth.load(Ordering::Relaxed))
+    }
+    pub(crate) fn set_bandwidth(&self, b: f64) {
+        self.bandwidth.store(b.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// An application's identity with the service.
+pub(crate) type AppId = u64;
+
+/// Where an application's events go.
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    /// An in-process application.
+    Local(SyncSender<MessengerEvent>),
+    /// A client of the API socket: frames for its writer.
+    Socket(SyncSender<Frame>),
+}
+
+impl Sink {
+    /// Offers an event; gives it back when the queue is full (`false`) or the application
+    /// is gone (`true`).
+    #[allow(clippy::result_large_err)] // the event comes back by value, on the slow path
+    fn offer(&self, e: MessengerEvent) -> Result<(), (MessengerEvent, bool)> {
+        match self {
+            Sink::Local(tx) => match tx.try_send(e) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(e)) => Err((e, false)),
+                Err(TrySendError::Disconnected(e)) => Err((e, true)),
+            },
+            Sink::Socket(tx) => match tx.try_send(Frame::from_event(&e)) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => Err((e, false)),
+                Err(TrySendError::Disconnected(_)) => Err((e, true)),
+            },
+        }
+    }
+}
+
+/// What an application asks.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Registers the application, receiving on `port` if given.
+    Open {
+        port: Option<u16>,
+        sink: Sink,
+    },
+    /// The application is gone: release its port.
+    Close,
+    Send {
+        destination: [u8; 32],
+        data: Vec<u8>,
+        options: SendOptions,
+    },
+    Reply {
+        handle: ReplyHandle,
+        port: u16,
+        data: Vec<u8>,
+    },
+    Bind {
+        bandwidth: f64,
+    },
+    Unbind,
+}
+
+/// What the service answers: a message ID (zero for requests without one), the reply
+/// handle's SURBs left (for a reply), or an error.
+pub(crate) type Answer = Result<(MessageId, Option<ReplyHandle>), ApiError>;
+
+/// Input to the service.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// From a core.
+    Core(Event),
+    /// A new epoch: its paths and the own-data rate rho * B / h.
+    Epoch { paths: Paths, own_rate: f64 },
+    /// From an application, with where to answer.
+    Api {
+        app: AppId,
+        request: Request,
+        answer: Option<SyncSender<Answer>>,
+    },
+}
+
+/// The running service's state.
+pub(crate) struct Service {
+    pub(crate) messenger: Messenger,
+    pub(crate) inputs: Receiver<Input>,
+    pub(crate) own: Arc<OwnQueues>,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) max_bandwidth: f64,
+    pub(crate) set_forwarding: Box<dyn Fn(bool) + Send>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Clock,
+    pub(crate) stop: Arc<AtomicBool>,
+    apps: HashMap<AppId, (Sink, Option<u16>)>,
+    ports: HashMap<u16, AppId>,
+    owners: HashMap<MessageId, AppId>,
+    /// Messages waiting for their port's application (none yet, or a full queue).
+    held: VecDeque<Received>,
+    held_bytes: usize,
+    /// Status events waiting for a full application queue.
+    backlog: HashMap<AppId, VecDeque<MessengerEvent>>,
+}
+
+impl Service {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        identity: IdentitySecret,
+        inputs: Receiver<Input>,
+        own: Arc<OwnQueues>,
+        presence: Arc<Presence>,
+        max_bandwidth: f64,
+        set_forwarding: Box<dyn Fn(bool) + Send>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        stop: Arc<AtomicBool>,
+        seed: [u8; 32],
+    ) -> Self {
+        let config = MessengerConfig {
+            own_ahead: DATA_QUEUE + OWN_AHEAD,
+            ..MessengerConfig::default()
+        };
+        Service {
+            messenger: Messenger::new(identity, config, seed),
+            inputs,
+            own,
+            presence,
+            max_bandwidth,
+            set_forwarding,
+            metrics,
+            clock,
+            stop,
+            apps: HashMap::new(),
+            ports: HashMap::new(),
+            owners: HashMap::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
+            backlog: HashMap::new(),
+        }
+    }
+
+    /// Runs until the node stops.
+    pub(crate) fn run(mut self) {
+        let mut next_q = self.clock.now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = self.clock.now();
+            let wait = if self.messenger.has_packets() {
+                Duration::from_millis(2)
+            } else {
+                self.messenger
+                    .poll_timeout()
+                    .map_or(Duration::from_millis(50), |t| t.saturating_since(now))
+                    .min(Duration::from_millis(50))
+            };
+            match self.inputs.recv_timeout(wait) {
+                Ok(input) => {
+                    self.handle(input);
+                    for _ in 0..256 {
+                        match self.inputs.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = self.clock.now();
+            if now >= next_q {
+                next_q = now.saturating_add(Duration::from_millis(500));
+                let c = self.metrics.counters();
+                self.messenger
+                    .set_loop_outcomes(c.loops_returned, c.loops_lost);
+            }
+            if self.messenger.poll_timeout().is_some_and(|t| t <= now) {
+                self.messenger.handle_timeout(now);
+            }
+            while !self.own.control.is_full() {
+                let mut b = self.own.free.pop().unwrap_or_default();
+                let Some(hop) = self.messenger.poll_control(&mut b) else {
+                    let _ = self.own.free.push(b);
+                    break;
+                };
+                let _ = self.own.control.push(OwnPacket { hop, bytes: b });
+            }
+            while !self.own.data.is_full() {
+                let mut b = self.own.free.pop().unwrap_or_default();
+                let Some(hop) = self.messenger.poll_packet(now, &mut b) else {
+                    let _ = self.own.free.push(b);
+                    break;
+                };
+                let _ = self.own.data.push(OwnPacket { hop, bytes: b });
+            }
+            while let Some(e) = self.messenger.poll_event() {
+                self.route(e);
+            }
+            self.flush();
+            self.metrics
+                .set_messenger(self.messenger.counters().clone());
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.clock.now();
+        match input {
+            Input::Core(e) => self.messenger.handle_event(now, &e),
+            Input::Epoch { paths, own_rate } => {
+                self.messenger.set_paths(paths);
+                self.messenger.set_own_rate(own_rate);
+            }
+            Input::Api {
+                app,
+                request,
+                answer,
+            } => {
+                let result = self.request(app, request);
+                if let Some(a) = answer {
+                    let _ = a.try_send(result);
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, app: AppId, request: Request) -> Answer {
+        let now = self.clock.now();
+        match request {
+            Request::Open { port, sink } => {
+                if let Some(p) = port
+                    && self.ports.get(&p).is_some_and(|a| *a != app)
+                {
+                    return Err(ApiError {
+                        code: Code::PortInUse,
+                        text: format!("another application receives on port {p}"),
+                    });
+                }
+                if let Some(p) = port {
+                    self.ports.insert(p, app);
+                }
+                self.apps.insert(app, (sink, port));
+                Ok(([0; 16], None))
+            }
+            Request::Close => {
+                if let Some((_, Some(p))) = self.apps.remove(&app) {
+                    self.ports.remove(&p);
+                }
+                self.backlog.remove(&app);
+                self.owners.retain(|_, a| *a != app);
+                Ok(([0; 16], None))
+            }
+            Request::Send {
+                destination,
+                data,
+                options,
+            } => {
+                let id = self
+                    .messenger
+                    .send(now, destination, &data, options)
+                    .map_err(|e| ApiError {
+                        code: Code::from(&e),
+                        text: e.to_string(),
+                    })?;
+                self.owners.insert(id, app);
+                Ok((id, None))
+            }
+            Request::Reply {
+                mut handle,
+                port,
+                data,
+            } => {
+                let id = self
+                    .messenger
+                    .reply(&mut handle, &data, port)
+                    .map_err(|e| ApiError {
+                        code: Code::from(&e),
+                        text: e.to_string(),
+                    })?;
+                Ok((id, Some(handle)))
+            }
+            Request::Bind { bandwidth } => {
+                if !(bandwidth.is_finite() && bandwidth >= 1.0 && bandwidth <= self.max_bandwidth) {
+                    return Err(ApiError {
+                        code: Code::InvalidArgument,
+                        text: format!(
+                            "bandwidth must be 1 to {} packets a second (the node's rate B)",
+                            self.max_bandwidth
+                        ),
+                    });
+                }
+                self.presence.set_bandwidth(bandwidth);
+                self.presence.bound.store(true, Ordering::Relaxed);
+                (self.set_forwarding)(true);
+                Ok(([0; 16], None))
+            }
+            Request::Unbind => {
+                self.presence.bound.store(false, Ordering::Relaxed);
+                (self.set_forwarding)(false);
+                Ok(([0; 16], None))
+            }
+        }
+    }
+
+    /// Sends an event to the application it concerns.
+    fn route(&mut self, e: MessengerEvent) {
+        match e {
+            MessengerEvent::Received(r) => {
+                if self.held.len() >= HELD_MESSAGES || self.held_bytes + r.data.len() > HELD_BYTES {
+                    self.metrics.count_undeliverable();
+                    return;
+                }
+                self.held_bytes += r.data.len();
+                self.held.push_back(r);
+            }
+            MessengerEvent::Acknowledged { id, .. }
+            | MessengerEvent::Offline { id }
+            | MessengerEvent::Undelivered { id, .. } => {
+                let Some(app) = self.owners.remove(&id) else {
+                    return;
+                };
+                let q = self.backlog.entry(app).or_default();
+                if q.len() < APP_QUEUE {
+                    q.push_back(e);
+                } else {
+                    self.metrics.count_undeliverable();
+                }
+            }
+        }
+    }
+
+    /// Hands waiting events to applications whose queues have room.
+    fn flush(&mut self) {
+        let mut gone = Vec::new();
+        let mut keep = VecDeque::new();
+        while let Some(r) = self.held.pop_front() {
+            let Some(app) = self.ports.get(&r.port).copied() else {
+                keep.push_back(r);
+                continue;
+            };
+            let Some((sink, _)) = self.apps.get(&app) else {
+                keep.push_back(r);
+                continue;
+            };
+            let len = r.data.len();
+            match sink.offer(MessengerEvent::Received(r)) {
+                Ok(()) => self.held_bytes = self.held_bytes.saturating_sub(len),
+                Err((e, is_gone)) => {
+                    if is_gone {
+                        gone.push(app);
+                    }
+                    // kept for the next application on the port
+                    if let MessengerEvent::Received(r) = e {
+                        keep.push_back(r);
+                    }
+                }
+            }
+        }
+        self.held = keep;
+        for (app, q) in &mut self.backlog {
+            let Some((sink, _)) = self.apps.get(app) else {
+                q.clear();
+                continue;
+            };
+            while let Some(e) = q.pop_front() {
+                match sink.offer(e) {
+                    Ok(()) => {}
+                    Err((e, false)) => {
+                        q.push_front(e);
+                        break;
+                    }
+                    Err((_, true)) => {
+                        gone.push(*app);
+                        q.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        self.backlog.retain(|_, q| !q.is_empty());
+        for app in gone {
+            let _ = self.request(app, Request::Close);
+        }
+    }
+}
