@@ -48,6 +48,13 @@ enum Command {
         /// I/O backend of the nodes.
         #[arg(long, value_enum, default_value = "auto")]
         io: IoChoice,
+        /// Send nothing: keep the network up for applications, writing one line per node
+        /// ("<node id hex> <API socket path>") to this file once it is ready.
+        #[arg(long, value_name = "FILE")]
+        serve: Option<PathBuf>,
+        /// With --serve: stop after this many seconds (default: at SIGINT or SIGTERM).
+        #[arg(long, requires = "serve")]
+        seconds: Option<u64>,
     },
     /// Run a node: it registers with the authorities (unless --passive), emits at its
     /// constant rate B, forwards for others, and serves metrics.
@@ -92,7 +99,17 @@ fn main() -> Result<()> {
             epoch_seconds,
             bandwidth,
             io,
-        } => run_demo(nodes, messages, epoch_seconds, bandwidth, io),
+            serve,
+            seconds,
+        } => run_demo(
+            nodes,
+            messages,
+            epoch_seconds,
+            bandwidth,
+            io,
+            serve,
+            seconds,
+        ),
         Command::Node {
             example_config: true,
             ..
@@ -131,6 +148,8 @@ fn run_demo(
     epoch_seconds: u64,
     bandwidth: f64,
     io: IoChoice,
+    serve: Option<PathBuf>,
+    seconds: Option<u64>,
 ) -> Result<()> {
     anyhow::ensure!(
         nodes >= 4,
@@ -151,6 +170,34 @@ fn run_demo(
     eprintln!(
         "starting 3 authorities and {nodes} nodes on loopback; the first consensus takes one to two epochs ({epoch_seconds} s each)..."
     );
+    if let Some(file) = serve {
+        let net = node::demo::LocalNetwork::start(&options)?;
+        let mut lines = String::new();
+        for n in &net.nodes {
+            let path = n
+                .api_socket()
+                .context("a demo node without an API socket")?;
+            lines.push_str(&format!(
+                "{} {}\n",
+                pki_client::descriptor::hex(&n.node_id()),
+                path.display()
+            ));
+        }
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, lines).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &file)?;
+        eprintln!(
+            "serving: {} nodes listed in {}",
+            net.nodes.len(),
+            file.display()
+        );
+        match seconds {
+            Some(s) => std::thread::sleep(std::time::Duration::from_secs(s)),
+            None => wait_for_shutdown_signal()?,
+        }
+        let _ = std::fs::remove_file(&file);
+        return Ok(());
+    }
     let report = node::demo::run(&options, messages)?;
     println!("{}", report.summary);
     anyhow::ensure!(
