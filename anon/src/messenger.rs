@@ -1048,34 +1048,8 @@ impl Messenger {
             return;
         }
         let symbol = &symbol[..t];
-        if !self.incoming.contains_key(&id) {
-            if self.incoming.len() >= self.config.max_incoming
-                || self.incoming_bytes + t > self.config.max_incoming_bytes
-            {
-                self.counters.incoming_full += 1;
-                return;
-            }
-            let Ok(decoder) = ObjectDecoder::new(object_len as usize, t) else {
-                self.counters.malformed += 1;
-                return;
-            };
-            let quiet = self.path_bound(self.paths.as_ref().map_or(3, Paths::default_hops));
-            self.incoming.insert(
-                id,
-                Incoming {
-                    decoder,
-                    object_len,
-                    k: coding::source_symbols(object_len as usize, t) as u32,
-                    esis: HashSet::new(),
-                    bytes: 0,
-                    last: now,
-                    quiet,
-                    nack_surbs: Vec::new(),
-                    nack_attempt: 0,
-                    nacked_attempt: 0,
-                    in_reply_to,
-                },
-            );
+        if !self.open_incoming(now, id, object_len, t, in_reply_to) {
+            return;
         }
         let Some(inc) = self.incoming.get_mut(&id) else {
             return;
@@ -1102,6 +1076,49 @@ impl Messenger {
         }
     }
 
+    /// Makes room for a message being received, unless it is there already; `false` when
+    /// the bounds are reached or its length is not one we can decode.
+    fn open_incoming(
+        &mut self,
+        now: Timestamp,
+        id: MessageId,
+        object_len: u32,
+        t: usize,
+        in_reply_to: Option<MessageId>,
+    ) -> bool {
+        if self.incoming.contains_key(&id) {
+            return true;
+        }
+        if self.incoming.len() >= self.config.max_incoming
+            || self.incoming_bytes + t > self.config.max_incoming_bytes
+        {
+            self.counters.incoming_full += 1;
+            return false;
+        }
+        let Ok(decoder) = ObjectDecoder::new(object_len as usize, t) else {
+            self.counters.malformed += 1;
+            return false;
+        };
+        let quiet = self.path_bound(self.paths.as_ref().map_or(3, Paths::default_hops));
+        self.incoming.insert(
+            id,
+            Incoming {
+                decoder,
+                object_len,
+                k: coding::source_symbols(object_len as usize, t) as u32,
+                esis: HashSet::new(),
+                bytes: 0,
+                last: now,
+                quiet,
+                nack_surbs: Vec::new(),
+                nack_attempt: 0,
+                nacked_attempt: 0,
+                in_reply_to,
+            },
+        );
+        true
+    }
+
     fn on_nack_surbs(
         &mut self,
         now: Timestamp,
@@ -1125,11 +1142,24 @@ impl Messenger {
             }
             return;
         }
-        let Some(inc) = self.incoming.get_mut(&id) else {
-            // no symbol arrived yet: keep nothing (a NACK needs a message to be short of)
-            let _ = object_len;
+        // the SURBs may come before any symbol (each packet takes its own delays), or alone
+        // when every symbol was lost: either way the message exists and can be NACKed
+        let Some(t) = self.symbol_size() else {
             return;
         };
+        if object_len == 0
+            || object_len as usize > self.max_object()
+            || !self.open_incoming(now, id, object_len, t, None)
+        {
+            return;
+        }
+        let Some(inc) = self.incoming.get_mut(&id) else {
+            return;
+        };
+        if inc.object_len != object_len {
+            self.counters.malformed += 1;
+            return;
+        }
         if attempt >= inc.nack_attempt {
             inc.nack_attempt = attempt;
             inc.nack_surbs = surbs;

@@ -36,6 +36,9 @@ pub(crate) const OWN_AHEAD: usize = 8;
 pub(crate) const INPUT_QUEUE: usize = 8192;
 /// Events an application's queue holds before they wait in the service.
 pub(crate) const APP_QUEUE: usize = 1024;
+/// Messages one application may have in flight (sending or awaiting their ACK): a quarter
+/// of the messenger's, so that no application can crowd out the others.
+const APP_IN_FLIGHT: usize = 256;
 /// Messages held for ports no application listens on (or for slow ones), at most.
 const HELD_MESSAGES: usize = 1024;
 /// Bytes of those, at most.
@@ -355,6 +358,14 @@ impl Service {
                 data,
                 options,
             } => {
+                if self.owners.values().filter(|a| **a == app).count() >= APP_IN_FLIGHT {
+                    return Err(ApiError {
+                        code: Code::Busy,
+                        text: format!(
+                            "this application has {APP_IN_FLIGHT} messages in flight; try again when some are acknowledged"
+                        ),
+                    });
+                }
                 let id = self
                     .messenger
                     .send(now, destination, &data, options)
