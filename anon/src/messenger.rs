@@ -385,6 +385,7 @@ pub struct Messenger {
     config: MessengerConfig,
     identity: IdentitySecret,
     paths: Option<Paths>,
+    reliability: std::sync::Arc<HashMap<[u8; 32], f64>>,
     rng: ChaCha20Rng,
     q_loops: Option<f64>,
     outgoing: HashMap<MessageId, Outgoing>,
@@ -409,6 +410,7 @@ impl Messenger {
             config,
             identity,
             paths: None,
+            reliability: std::sync::Arc::new(HashMap::new()),
             rng: ChaCha20Rng::from_seed(seed),
             q_loops: None,
             outgoing: HashMap::new(),
@@ -445,8 +447,18 @@ impl Messenger {
     }
 
     /// Installs an epoch's paths.
-    pub fn set_paths(&mut self, paths: Paths) {
+    pub fn set_paths(&mut self, mut paths: Paths) {
+        paths.set_reliability(std::sync::Arc::clone(&self.reliability));
         self.paths = Some(paths);
+    }
+
+    /// Feeds the nodes' reliabilities the engine's loops measured: paths are drawn by
+    /// bandwidth times reliability (Algorithm 1), as the engine draws its loops.
+    pub fn set_reliability(&mut self, reliability: HashMap<[u8; 32], f64>) {
+        self.reliability = std::sync::Arc::new(reliability);
+        if let Some(p) = &mut self.paths {
+            p.set_reliability(std::sync::Arc::clone(&self.reliability));
+        }
     }
 
     /// The installed paths.

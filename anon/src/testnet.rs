@@ -25,6 +25,7 @@ pub struct TestNet {
     /// Nodes that are switched off: they neither receive nor send.
     pub offline: Vec<bool>,
     buf: Vec<u8>,
+    next_reliability: Timestamp,
 }
 
 impl TestNet {
@@ -53,6 +54,7 @@ impl TestNet {
             events: vec![Vec::new(); n],
             offline: vec![false; n],
             buf: Vec::new(),
+            next_reliability: Timestamp::ZERO,
         }
     }
 
@@ -89,6 +91,9 @@ impl TestNet {
             }
             let (returned, lost) = node.engine.loop_outcomes();
             m.set_loop_outcomes(returned, lost);
+            if now >= self.next_reliability {
+                m.set_reliability(node.engine.reliabilities().clone());
+            }
             if m.poll_timeout().is_some_and(|t| t <= now) {
                 m.handle_timeout(now);
             }
@@ -109,6 +114,9 @@ impl TestNet {
             while let Some(e) = m.poll_event() {
                 self.events[i].push((now, e));
             }
+        }
+        if now >= self.next_reliability {
+            self.next_reliability = now.saturating_add(Duration::from_secs(1));
         }
         for i in 0..self.offline.len() {
             if self.offline[i] {

@@ -989,6 +989,11 @@ impl Engine {
         self.events.pop_front()
     }
 
+    /// Every tested node's reliability as loops measured it (for the layer above's paths).
+    pub fn reliabilities(&self) -> &HashMap<[u8; 32], f64> {
+        self.loops.reliabilities()
+    }
+
     /// A node's reliability as loops measured it.
     pub fn reliability(&self, node: &[u8; 32]) -> f64 {
         self.loops.reliability(node)

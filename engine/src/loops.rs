@@ -150,6 +150,11 @@ impl LoopTracker {
         }
     }
 
+    /// Every tested node's reliability.
+    pub fn reliabilities(&self) -> &HashMap<[u8; 32], f64> {
+        &self.reliability
+    }
+
     /// A node's reliability in [0.05, 1] (1 for a node never tested).
     pub fn reliability(&self, node: &[u8; 32]) -> f64 {
         self.reliability.get(node).copied().unwrap_or(1.0)

@@ -8,6 +8,7 @@
 //! entry. Only the node itself puts such an ID into a header, and only behind its own
 //! layers of encryption: no one else learns it but that last mix.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -77,6 +78,7 @@ pub struct Paths {
     node_id: [u8; 32],
     me: Hop,
     delays: ExpDelay,
+    reliability: Arc<HashMap<[u8; 32], f64>>,
 }
 
 impl Paths {
@@ -107,7 +109,14 @@ impl Paths {
                 key: mix_public,
             },
             delays,
+            reliability: Arc::new(HashMap::new()),
         }
+    }
+
+    /// Weighs path selection by each node's reliability as this node's loops measured it
+    /// (Algorithm 1: bandwidth times reliability); nodes not in the map count as 1.
+    pub fn set_reliability(&mut self, reliability: Arc<HashMap<[u8; 32], f64>>) {
+        self.reliability = reliability;
     }
 
     /// The consensus these paths come from.
@@ -169,7 +178,7 @@ impl Paths {
             &self.consensus,
             count,
             exclude,
-            |_| 1.0,
+            |id| self.reliability.get(id).copied().unwrap_or(1.0),
             rng,
             &mut idx[..count],
         )

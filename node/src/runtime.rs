@@ -416,6 +416,7 @@ fn run_core(
             hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_histogram())
         });
     let mut last_publish = clock.now();
+    let mut last_reliability = clock.now();
     while !stop.load(Ordering::Relaxed) {
         // the one point where other threads' commands enter this core
         inbox.drain(INBOX, |cmd| match cmd {
@@ -491,6 +492,17 @@ fn run_core(
                 at: clock.now(),
                 event,
             });
+        }
+        if now.saturating_since(last_reliability) >= Duration::from_secs(1) {
+            last_reliability = now;
+            let nodes = engine
+                .reliabilities()
+                .iter()
+                .map(|(id, r)| (*id, *r))
+                .collect();
+            let _ = outlets
+                .service
+                .try_send(Input::Reliability { core: index, nodes });
         }
         if now.saturating_since(last_publish) >= Duration::from_millis(100) {
             last_publish = now;

@@ -177,6 +177,11 @@ pub(crate) type Answer = Result<(MessageId, Option<ReplyHandle>), ApiError>;
 pub(crate) enum Input {
     /// From a core.
     Core(Event),
+    /// A core's loop-measured reliabilities, once a second.
+    Reliability {
+        core: usize,
+        nodes: Vec<([u8; 32], f64)>,
+    },
     /// A new epoch: its paths and the own-data rate rho * B / h.
     Epoch { paths: Paths, own_rate: f64 },
     /// From an application, with where to answer.
@@ -206,6 +211,8 @@ pub(crate) struct Service {
     held_bytes: usize,
     /// Status events waiting for a full application queue.
     backlog: HashMap<AppId, VecDeque<MessengerEvent>>,
+    /// Each core's latest reliabilities.
+    reliability: HashMap<usize, Vec<([u8; 32], f64)>>,
 }
 
 impl Service {
@@ -242,6 +249,7 @@ impl Service {
             held: VecDeque::new(),
             held_bytes: 0,
             backlog: HashMap::new(),
+            reliability: HashMap::new(),
         }
     }
 
@@ -310,6 +318,21 @@ impl Service {
         let now = self.clock.now();
         match input {
             Input::Core(e) => self.messenger.handle_event(now, &e),
+            Input::Reliability { core, nodes } => {
+                self.reliability.insert(core, nodes);
+                // a node's reliability is the mean over the cores that tested it
+                let mut sum: HashMap<[u8; 32], (f64, u32)> = HashMap::new();
+                for (id, r) in self.reliability.values().flatten() {
+                    let e = sum.entry(*id).or_default();
+                    e.0 += r;
+                    e.1 += 1;
+                }
+                self.messenger.set_reliability(
+                    sum.into_iter()
+                        .map(|(id, (s, n))| (id, s / f64::from(n)))
+                        .collect(),
+                );
+            }
             Input::Epoch { paths, own_rate } => {
                 self.messenger.set_paths(paths);
                 self.messenger.set_own_rate(own_rate);
