@@ -319,6 +319,15 @@ enum Via {
     Surbs(VecDeque<Surb>),
 }
 
+/// What the next packet of a message needs.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// A forward packet to build for `destination`.
+    Forward { destination: [u8; 32], hops: usize },
+    /// Written through a SURB already: its first hop.
+    Built([u8; 32]),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OutState {
     Sending,
@@ -399,7 +408,8 @@ pub struct Messenger {
     completed_order: VecDeque<(MessageId, Timestamp)>,
     events: VecDeque<MessengerEvent>,
     counters: MessengerCounters,
-    scratch: Vec<u8>,
+    /// Plaintext buffers of a batch being built.
+    plaintexts: Vec<Vec<u8>>,
     next_sweep: Timestamp,
 }
 
@@ -424,7 +434,7 @@ impl Messenger {
             completed_order: VecDeque::new(),
             events: VecDeque::new(),
             counters: MessengerCounters::default(),
-            scratch: Vec::new(),
+            plaintexts: Vec::new(),
             next_sweep: Timestamp::ZERO,
         }
     }
@@ -780,38 +790,158 @@ impl Messenger {
 
     /// Builds the next packet of a message into `out` (resized to the packet size) and
     /// returns its first hop (a node ID or a direct ID), or `None` when nothing waits.
-    /// Messages take turns, one packet each.
+    /// Messages take turns, one packet each. [`Self::poll_packets`] builds several at once,
+    /// faster.
     pub fn poll_packet(&mut self, now: Timestamp, out: &mut Vec<u8>) -> Option<[u8; 32]> {
-        let size = self.paths.as_ref()?.packet_size();
-        out.resize(size, 0);
-        while let Some(id) = self.ready.pop_front() {
-            match self.next_packet_of(now, &id, out) {
-                Ok(Some((hop, more))) => {
+        let mut hop = [[0u8; 32]; 1];
+        let n = self.poll_packets(now, std::slice::from_mut(out), &mut hop);
+        (n == 1).then_some(hop[0])
+    }
+
+    /// Builds up to `outs.len()` (at most [`engine::FORWARD_BATCH`]) next packets of messages
+    /// in one batch, their X25519 ladders side by side; writes each first hop to `hops` and
+    /// returns how many were built (`outs[..n]`, each resized to the packet size).
+    pub fn poll_packets(
+        &mut self,
+        now: Timestamp,
+        outs: &mut [Vec<u8>],
+        hops: &mut [[u8; 32]],
+    ) -> usize {
+        let Some(paths) = self.paths.clone() else {
+            return 0;
+        };
+        let size = paths.packet_size();
+        let max = outs.len().min(hops.len()).min(engine::FORWARD_BATCH);
+        if self.plaintexts.len() < max {
+            self.plaintexts.resize_with(max, Vec::new);
+        }
+        // what each slot holds: a forward to build (destination, hops, message) or a packet
+        // already written through a SURB
+        let mut plans: [Option<([u8; 32], usize, MessageId)>; engine::FORWARD_BATCH] =
+            [None; engine::FORWARD_BATCH];
+        let mut filled = 0;
+        while filled < max
+            && let Some(id) = self.ready.pop_front()
+        {
+            outs[filled].resize(size, 0);
+            let mut plaintext = std::mem::take(&mut self.plaintexts[filled]);
+            let planned = self.next_packet_of(now, &id, &mut plaintext, &mut outs[filled]);
+            self.plaintexts[filled] = plaintext;
+            match planned {
+                Ok(Some((next, more))) => {
                     if more {
                         self.ready.push_back(id);
                     }
-                    return Some(hop);
+                    match next {
+                        Next::Forward {
+                            destination,
+                            hops: h,
+                        } => {
+                            plans[filled] = Some((destination, h, id));
+                        }
+                        Next::Built(hop) => {
+                            plans[filled] = None;
+                            hops[filled] = hop;
+                        }
+                    }
+                    filled += 1;
                 }
-                Ok(None) => continue,
+                Ok(None) => {}
+                Err(e) => self.fail(&id, &e),
+            }
+        }
+        // build the forwards together
+        let mut items = [engine::ForwardItem {
+            destination: [0; 32],
+            hops: 1,
+            identifier: [0; 16],
+            plaintext: &[],
+        }; engine::FORWARD_BATCH];
+        let mut slots = [0usize; engine::FORWARD_BATCH];
+        let mut m = 0;
+        for (i, plan) in plans[..filled].iter().enumerate() {
+            if let Some((destination, h, _)) = plan {
+                let mut identifier = [0u8; 16];
+                self.rng.fill_bytes(&mut identifier);
+                items[m] = engine::ForwardItem {
+                    destination: *destination,
+                    hops: *h,
+                    identifier,
+                    plaintext: &self.plaintexts[i],
+                };
+                slots[m] = i;
+                m += 1;
+            }
+        }
+        let mut results = [Ok(()); engine::FORWARD_BATCH];
+        let mut first = [[0u8; 32]; engine::FORWARD_BATCH];
+        {
+            let mut bufs: [&mut [u8]; engine::FORWARD_BATCH] =
+                core::array::from_fn(|_| &mut [][..]);
+            // the forward slots' buffers, in item order
+            let mut rest: &mut [Vec<u8>] = &mut outs[..filled];
+            let mut at = 0;
+            for j in 0..m {
+                let (_, tail) = rest.split_at_mut(slots[j] - at);
+                let (one, tail) = tail.split_at_mut(1);
+                bufs[j] = &mut one[0][..];
+                rest = tail;
+                at = slots[j] + 1;
+            }
+            paths.forward_batch(
+                &items[..m],
+                &mut self.rng,
+                &mut bufs[..m],
+                &mut first[..m],
+                &mut results[..m],
+            );
+        }
+        let mut failed = [false; engine::FORWARD_BATCH];
+        for j in 0..m {
+            let i = slots[j];
+            match results[j] {
+                Ok(()) => hops[i] = first[j],
                 Err(e) => {
-                    self.finish(&id);
-                    self.push_event(MessengerEvent::Undelivered {
-                        id,
-                        reason: e.to_string(),
-                    });
+                    failed[i] = true;
+                    if let Some((_, _, id)) = plans[i] {
+                        self.fail(&id, &MessageError::Path(e));
+                    }
                 }
             }
         }
-        None
+        // close the gaps the failures left
+        let mut n = 0;
+        for i in 0..filled {
+            if !failed[i] {
+                if n != i {
+                    outs.swap(n, i);
+                    hops[n] = hops[i];
+                }
+                n += 1;
+            }
+        }
+        n
     }
 
-    /// One packet of message `id`; whether more follow in this attempt.
+    fn fail(&mut self, id: &MessageId, e: &MessageError) {
+        self.finish(id);
+        self.ready.retain(|r| r != id);
+        self.push_event(MessengerEvent::Undelivered {
+            id: *id,
+            reason: e.to_string(),
+        });
+    }
+
+    /// The next packet of message `id`: its plaintext written into `plaintext` for a
+    /// forward the caller builds, or the whole packet written into `out` through a SURB;
+    /// and whether more follow in this attempt.
     fn next_packet_of(
         &mut self,
         now: Timestamp,
         id: &MessageId,
+        plaintext: &mut Vec<u8>,
         out: &mut [u8],
-    ) -> Result<Option<([u8; 32], bool)>, MessageError> {
+    ) -> Result<Option<(Next, bool)>, MessageError> {
         let paths = self.paths.clone().ok_or(MessageError::NoConsensus)?;
         let timeout_base = self.attempt_timeout(self.outgoing.get(id).map_or(3, |o| o.hops));
         let quiet = self.path_bound(self.outgoing.get(id).map_or(3, |o| o.hops));
@@ -821,10 +951,9 @@ impl Messenger {
         if o.state != OutState::Sending {
             return Ok(None);
         }
-        let mut plaintext = std::mem::take(&mut self.scratch);
-        let hop = if o.to_send > 0 {
+        let next = if o.to_send > 0 {
             let t = o.encoder.symbol_size();
-            wire::write_symbol_header(&mut plaintext, &o.id, o.attempt, o.object_len, o.next_esi);
+            wire::write_symbol_header(plaintext, &o.id, o.attempt, o.object_len, o.next_esi);
             let at = plaintext.len();
             plaintext.resize(at + t, 0);
             o.encoder.symbol(o.next_esi, &mut plaintext[at..]);
@@ -832,27 +961,24 @@ impl Messenger {
             o.to_send -= 1;
             self.counters.symbols_sent += 1;
             match &mut o.via {
-                Via::Forward { destination } => {
-                    let mut ident = [0u8; 16];
-                    self.rng.fill_bytes(&mut ident);
-                    paths
-                        .forward(destination, o.hops, ident, &plaintext, &mut self.rng, out)
-                        .map_err(MessageError::Path)?
-                }
+                Via::Forward { destination } => Next::Forward {
+                    destination: *destination,
+                    hops: o.hops,
+                },
                 Via::Surbs(surbs) => {
                     let Some(surb) = surbs.pop_front() else {
-                        self.scratch = plaintext;
                         return Err(MessageError::ReplyUsed);
                     };
-                    surb.write_reply(&plaintext, out)
-                        .map_err(|_| MessageError::ReplyUsed)?
-                        .0
+                    Next::Built(
+                        surb.write_reply(plaintext, out)
+                            .map_err(|_| MessageError::ReplyUsed)?
+                            .0,
+                    )
                 }
             }
         } else if o.nack_surbs_due {
             o.nack_surbs_due = false;
             let Via::Forward { destination } = o.via else {
-                self.scratch = plaintext;
                 return Ok(None);
             };
             let mut surbs = Vec::with_capacity(NACK_SURBS);
@@ -876,24 +1002,14 @@ impl Messenger {
                 surbs.push(s);
             }
             let quiet_ms = quiet.as_millis().min(u128::from(u32::MAX)) as u32;
-            wire::write_nack_surbs(
-                &mut plaintext,
-                &o.id,
-                o.attempt,
-                o.object_len,
-                quiet_ms,
-                &surbs,
-            );
-            let mut ident = [0u8; 16];
-            self.rng.fill_bytes(&mut ident);
-            paths
-                .forward(&destination, o.hops, ident, &plaintext, &mut self.rng, out)
-                .map_err(MessageError::Path)?
+            wire::write_nack_surbs(plaintext, &o.id, o.attempt, o.object_len, quiet_ms, &surbs);
+            Next::Forward {
+                destination,
+                hops: o.hops,
+            }
         } else {
-            self.scratch = plaintext;
             return Ok(None);
         };
-        self.scratch = plaintext;
         let more = o.to_send > 0 || o.nack_surbs_due;
         if !more {
             match o.via {
@@ -908,7 +1024,7 @@ impl Messenger {
                 }
             }
         }
-        Ok(Some((hop, more)))
+        Ok(Some((next, more)))
     }
 
     fn finish(&mut self, id: &MessageId) {

@@ -25,6 +25,7 @@ pub struct TestNet {
     /// Nodes that are switched off: they neither receive nor send.
     pub offline: Vec<bool>,
     buf: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
     next_reliability: Timestamp,
 }
 
@@ -54,6 +55,7 @@ impl TestNet {
             events: vec![Vec::new(); n],
             offline: vec![false; n],
             buf: Vec::new(),
+            bufs: vec![Vec::new(); engine::FORWARD_BATCH],
             next_reliability: Timestamp::ZERO,
         }
     }
@@ -104,12 +106,22 @@ impl TestNet {
                 let _ = node.engine.queue_control(&self.buf, &hop);
             }
             let ahead = m.config().own_ahead;
-            while node.engine.own_queued() < ahead {
-                let Some(hop) = m.poll_packet(now, &mut self.buf) else {
+            loop {
+                let room = ahead
+                    .saturating_sub(node.engine.own_queued())
+                    .min(engine::FORWARD_BATCH);
+                if room == 0 {
                     break;
-                };
-                // a packet that cannot be queued is lost, as on a real link
-                let _ = node.engine.queue_own(&self.buf, &hop);
+                }
+                let mut hops = [[0u8; 32]; engine::FORWARD_BATCH];
+                let n = m.poll_packets(now, &mut self.bufs[..room], &mut hops[..room]);
+                for (b, hop) in self.bufs.iter().zip(hops).take(n) {
+                    // a packet that cannot be queued is lost, as on a real link
+                    let _ = node.engine.queue_own(b, &hop);
+                }
+                if n < room {
+                    break;
+                }
             }
             while let Some(e) = m.poll_event() {
                 self.events[i].push((now, e));

@@ -217,3 +217,46 @@ fn garbage_and_wrong_sizes_are_counted_never_crash() {
     );
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn packets_built_in_a_batch_arrive_and_a_bad_item_fails_alone() {
+    let seed = 8;
+    let mut sim = Sim::new(8, seed, params(3), 100.0, LinkModel::PERFECT);
+    sim.run_until(at(0.2));
+    let paths = sim.nodes[0].engine.paths().unwrap();
+    let texts: Vec<Vec<u8>> = (0..5)
+        .map(|i| format!("batched {i}").into_bytes())
+        .collect();
+    let items: Vec<engine::ForwardItem<'_>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| engine::ForwardItem {
+            // item 2 names a node that does not exist
+            destination: if i == 2 { [7; 32] } else { sim.node_id(1 + i) },
+            hops: 3,
+            identifier: [i as u8 + 1; 16],
+            plaintext: t,
+        })
+        .collect();
+    let mut storage = vec![vec![0u8; paths.packet_size()]; 5];
+    let mut outs: Vec<&mut [u8]> = storage.iter_mut().map(|v| &mut v[..]).collect();
+    let mut first = [[0u8; 32]; 5];
+    let mut results = [Ok(()); 5];
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(seed);
+    paths.forward_batch(&items, &mut rng, &mut outs, &mut first, &mut results);
+    assert_eq!(results[2], Err(engine::SendError::UnknownDestination));
+    for i in [0, 1, 3, 4] {
+        assert!(results[i].is_ok(), "seed {seed}: {:?}", results[i]);
+        let hop = (0..8).find(|&j| sim.node_id(j) == first[i]).unwrap();
+        sim.inject(hop, storage[i].clone());
+    }
+    sim.run_until(at(3.0));
+    let got = delivered(&sim);
+    for i in [0usize, 1, 3, 4] {
+        assert_eq!(
+            got.get(&[i as u8 + 1; 16]),
+            Some(&(1 + i, texts[i].clone())),
+            "seed {seed}: item {i}"
+        );
+    }
+}

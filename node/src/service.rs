@@ -297,13 +297,33 @@ impl Service {
                 };
                 let _ = self.own.control.push(OwnPacket { hop, bytes: b });
             }
-            while !self.own.data.is_full() {
-                let mut b = self.own.free.pop().unwrap_or_default();
-                let Some(hop) = self.messenger.poll_packet(now, &mut b) else {
-                    let _ = self.own.free.push(b);
+            // message packets, built in batches (their ladders side by side)
+            loop {
+                let room = DATA_QUEUE
+                    .saturating_sub(self.own.data.len())
+                    .min(engine::FORWARD_BATCH);
+                if room == 0 {
                     break;
-                };
-                let _ = self.own.data.push(OwnPacket { hop, bytes: b });
+                }
+                let mut bufs: [Vec<u8>; engine::FORWARD_BATCH] =
+                    core::array::from_fn(|_| Vec::new());
+                for b in &mut bufs[..room] {
+                    *b = self.own.free.pop().unwrap_or_default();
+                }
+                let mut hops = [[0u8; 32]; engine::FORWARD_BATCH];
+                let n = self
+                    .messenger
+                    .poll_packets(now, &mut bufs[..room], &mut hops[..room]);
+                for (b, hop) in bufs.iter_mut().zip(hops).take(n) {
+                    let bytes = std::mem::take(b);
+                    let _ = self.own.data.push(OwnPacket { hop, bytes });
+                }
+                for b in &mut bufs[n..room] {
+                    let _ = self.own.free.push(std::mem::take(b));
+                }
+                if n < room {
+                    break;
+                }
             }
             while let Some(e) = self.messenger.poll_event() {
                 self.route(e);
