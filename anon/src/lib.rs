@@ -17,6 +17,6 @@ pub mod wire;
 
 pub use messenger::{
     MessageError, Messenger, MessengerConfig, MessengerCounters, MessengerEvent, Received,
-    ReplyHandle, SendOptions,
+    ReplyHandle, SendOptions, Undelivered,
 };
 pub use wire::MessageId;

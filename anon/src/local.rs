@@ -541,7 +541,7 @@ impl Frame {
             MessengerEvent::Offline { id } => Frame::Offline { id: *id },
             MessengerEvent::Undelivered { id, reason } => Frame::Undelivered {
                 id: *id,
-                reason: reason.clone(),
+                reason: reason.to_string(),
             },
         }
     }

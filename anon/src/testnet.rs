@@ -124,6 +124,7 @@ impl TestNet {
                 }
             }
             while let Some(e) = m.poll_event() {
+                engine::sim::trace(&mut self.sim.trace, format!("{i} {e:?}").as_bytes());
                 self.events[i].push((now, e));
             }
         }

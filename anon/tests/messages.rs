@@ -359,3 +359,121 @@ fn short_first_attempts_are_repaired_after_nacks() {
     eprintln!("seed {seed}: NACKs sent {sent_nacks}, received {got_nacks}");
     assert!(sent_nacks >= 1 && got_nacks >= 1, "seed {seed}");
 }
+
+/// One run for the determinism test: messages (one to an offline node, so attempts time out
+/// and retry; some short of redundancy, so NACKs repair them) over links that lose,
+/// duplicate and replay; returns the digest of every datagram and event, and how many
+/// retries and acknowledgements there were.
+fn traced_run(seed: u64) -> (u64, u64, u64) {
+    let link = LinkModel {
+        loss: 0.05,
+        duplicate: 0.02,
+        replay: 0.02,
+        jitter: Duration::from_millis(4),
+        ..LinkModel::PERFECT
+    };
+    let nodes = 8;
+    let mut net = TestNet::new(nodes, seed, params(3), 200.0, link);
+    net.offline[7] = true;
+    net.run_until(at(4.0));
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+    for i in 0..24usize {
+        let from = i % 7;
+        let to = if i % 8 == 0 {
+            7
+        } else {
+            (from + 1 + i % 5) % 7
+        };
+        let mut data = vec![0u8; 1 + (rng.next_u32() as usize) % 3000];
+        rng.fill_bytes(&mut data);
+        let options = SendOptions {
+            // every third message starts short, so the recipient NACKs for more
+            redundancy: (i % 3 == 0).then_some(1.0),
+            ..SendOptions::default()
+        };
+        let dest = net.node_id(to);
+        let now = net.now();
+        net.messengers[from]
+            .send(now, dest, &data, options)
+            .unwrap_or_else(|e| panic!("seed {seed}: send: {e}"));
+        net.run_until(at(4.0 + 0.25 * (i + 1) as f64));
+    }
+    net.run_until(at(40.0));
+    let retries = net.messengers.iter().map(|m| m.counters().retries).sum();
+    let acks = net
+        .messengers
+        .iter()
+        .map(|m| m.counters().acks_received)
+        .sum();
+    (net.sim.trace, retries, acks)
+}
+
+#[test]
+fn a_seed_replays_bit_for_bit_and_another_seed_does_not() {
+    let (first, retries, acks) = traced_run(41);
+    let (second, ..) = traced_run(41);
+    assert!(retries > 0, "the run should retry (an offline recipient)");
+    assert!(
+        acks > 10,
+        "most messages should be acknowledged, got {acks}"
+    );
+    assert_eq!(first, second, "seed 41 ran twice gave two traces");
+    let (other, ..) = traced_run(42);
+    assert_ne!(first, other, "seeds 41 and 42 gave the same trace");
+}
+
+/// Swaps node `i`'s messenger for one with `config`.
+fn reconfigure(net: &mut TestNet, i: usize, config: anon::MessengerConfig) {
+    let node = &net.sim.nodes[i];
+    let mut m = anon::Messenger::new(node.identity.clone(), config, [i as u8; 32]);
+    if let Some(p) = node.engine.paths() {
+        m.set_paths(p);
+    }
+    net.messengers[i] = m;
+}
+
+#[test]
+fn the_surb_table_and_the_control_queue_are_bounded_with_counted_drops() {
+    let mut net = TestNet::new(6, 5, params(3), 200.0, LinkModel::PERFECT);
+    let own_rate = net.messengers[0].config().own_rate;
+    // room for two messages' ACK SURBs and NACK SURBs, not three
+    let small_surbs = anon::MessengerConfig {
+        max_surbs: 6,
+        own_rate,
+        ..anon::MessengerConfig::default()
+    };
+    reconfigure(&mut net, 0, small_surbs);
+    // one ACK waiting at most: the second ACK of every message is dropped
+    let small_control = anon::MessengerConfig {
+        max_control: 1,
+        own_rate,
+        ..anon::MessengerConfig::default()
+    };
+    reconfigure(&mut net, 1, small_control);
+    net.run_until(at(2.0));
+    let dest = net.node_id(1);
+    let now = net.now();
+    for _ in 0..2 {
+        net.messengers[0]
+            .send(now, dest, b"hello", SendOptions::default())
+            .unwrap();
+    }
+    assert_eq!(
+        net.messengers[0].send(now, dest, b"hello", SendOptions::default()),
+        Err(MessageError::Busy),
+        "a third message needs more SURBs than the table holds"
+    );
+    net.run_until(at(10.0));
+    let sender = net.messengers[0].counters();
+    assert!(
+        sender.surbs_evicted > 0,
+        "the NACK SURBs overflowed the table"
+    );
+    let (surbs, _, _) = net.messengers[0].table_sizes();
+    assert!(surbs <= 6, "{surbs} SURBs in a table of 6");
+    let receiver = net.messengers[1].counters();
+    assert_eq!(receiver.messages_received, 2);
+    assert!(receiver.control_dropped >= 2, "{receiver:?}");
+    let (_, control, _) = net.messengers[1].table_sizes();
+    assert!(control <= 1);
+}

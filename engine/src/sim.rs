@@ -97,6 +97,9 @@ pub struct Sim {
     pub stats: LinkStats,
     /// The seed.
     pub seed: u64,
+    /// A digest of every datagram sent (time, sender, receiver, bytes) and every event, in
+    /// order: two runs of one seed agree on it exactly, which the determinism test checks.
+    pub trace: u64,
     by_addr: HashMap<SocketAddr, usize>,
     in_flight: BinaryHeap<Reverse<InFlight>>,
     rng: ChaCha20Rng,
@@ -206,6 +209,7 @@ impl Sim {
             link,
             stats: LinkStats::default(),
             seed,
+            trace: 0,
             by_addr,
             in_flight: BinaryHeap::new(),
             rng,
@@ -343,9 +347,14 @@ impl Sim {
                 continue;
             }
             while let Some(t) = node.engine.poll_transmit(&mut self.buf) {
+                trace(&mut self.trace, &now.as_nanos().to_le_bytes());
+                trace(&mut self.trace, &(i as u64).to_le_bytes());
+                trace(&mut self.trace, t.to.to_string().as_bytes());
+                trace(&mut self.trace, &self.buf[..t.len]);
                 out.push((i, t.to, self.buf[..t.len].to_vec()));
             }
             while let Some(e) = node.engine.poll_event() {
+                trace(&mut self.trace, format!("{i} {e:?}").as_bytes());
                 node.events.push((now, e));
             }
         }
@@ -355,6 +364,17 @@ impl Sim {
             }
         }
     }
+}
+
+/// Folds `bytes` into a trace digest (64-bit FNV-1a over the bytes and their length: not a
+/// cryptographic hash, only a fingerprint of one run).
+pub fn trace(digest: &mut u64, bytes: &[u8]) {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = *digest ^ 0xcbf2_9ce4_8422_2325;
+    for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+        h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
+    }
+    *digest = h;
 }
 
 #[allow(clippy::panic)]

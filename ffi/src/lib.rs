@@ -136,6 +136,23 @@ impl MixedSocket {
         self.last_error = CString::new(e.text.replace('\0', " ")).unwrap_or_default();
         e.code as i32
     }
+
+    /// The code of a send or reply, the message ID written to `id_out` unless NULL.
+    ///
+    /// # Safety
+    /// `id_out` is NULL or 16 writable bytes.
+    unsafe fn answer(&mut self, sent: Result<anon::MessageId, ApiError>, id_out: *mut u8) -> i32 {
+        match sent {
+            Ok(id) => {
+                if !id_out.is_null() {
+                    // SAFETY: non-null, 16 writable bytes by the caller's promise
+                    unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), id_out, 16) };
+                }
+                MIXED_OK
+            }
+            Err(e) => self.fail(e),
+        }
+    }
 }
 
 /// socketanon: opens a session with the node whose local API socket is `path`, receiving
@@ -261,16 +278,9 @@ pub unsafe extern "C" fn mixed_sendanon(
             reveal_identity: p.reveal_identity != 0,
             port: p.port,
         };
-        match s.client.send(dest, data, options) {
-            Ok(id) => {
-                if !id_out.is_null() {
-                    // SAFETY: non-null, 16 writable bytes by the caller's promise
-                    unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), id_out, 16) };
-                }
-                MIXED_OK
-            }
-            Err(e) => s.fail(e),
-        }
+        let sent = s.client.send(dest, data, options);
+        // SAFETY: NULL or 16 writable bytes, by the caller's promise
+        unsafe { s.answer(sent, id_out) }
     })
 }
 
@@ -304,16 +314,9 @@ pub unsafe extern "C" fn mixed_reply(
                 std::slice::from_raw_parts(data, len),
             )
         };
-        match s.client.reply(handle, port, data) {
-            Ok(id) => {
-                if !id_out.is_null() {
-                    // SAFETY: as in mixed_sendanon
-                    unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), id_out, 16) };
-                }
-                MIXED_OK
-            }
-            Err(e) => s.fail(e),
-        }
+        let sent = s.client.reply(handle, port, data);
+        // SAFETY: as in mixed_sendanon
+        unsafe { s.answer(sent, id_out) }
     })
 }
 
