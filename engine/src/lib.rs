@@ -7,6 +7,7 @@
 
 pub mod counters;
 pub mod engine;
+pub mod errors;
 pub mod loops;
 pub mod paths;
 pub mod pool;
@@ -16,4 +17,4 @@ pub mod sim;
 pub use counters::{Counters, DropReason, OutCategory};
 pub use engine::{Engine, EngineConfig, EpochKeys, Event, InstallError, SendError, Transmit};
 pub use paths::{FORWARD_BATCH, ForwardItem, Paths, direct_id, parse_direct_id};
-pub use replay::{ReplayFilter, Seen};
+pub use replay::{ReplayCheck, ReplayFilter, Seen};

@@ -17,6 +17,10 @@ const WINDOW: usize = 64;
 const USUAL_ALPHA: f64 = 0.01;
 /// The recent return rate below this fraction of the usual one raises the alarm.
 const COLLAPSE_RATIO: f64 = 0.5;
+/// Nodes whose reliability is tracked, at most: a consensus lists far fewer, and the table
+/// is pruned to the consensus at each epoch. Past it a new node is not tracked (counted)
+/// and weighs 1, as a node never tested.
+pub const MAX_TRACKED_NODES: usize = 16_384;
 
 #[derive(Clone, Debug)]
 struct Pending {
@@ -41,6 +45,8 @@ pub struct LoopTracker {
     pending: HashMap<[u8; 16], Pending>,
     order: VecDeque<([u8; 16], Timestamp)>,
     reliability: HashMap<[u8; 32], f64>,
+    /// Outcomes not recorded for a node because [`MAX_TRACKED_NODES`] were tracked.
+    untracked: u64,
     window: VecDeque<bool>,
     usual: f64,
     outcomes: u64,
@@ -55,6 +61,7 @@ impl LoopTracker {
             pending: HashMap::new(),
             order: VecDeque::new(),
             reliability: HashMap::new(),
+            untracked: 0,
             window: VecDeque::with_capacity(WINDOW),
             usual: 1.0,
             outcomes: 0,
@@ -95,6 +102,13 @@ impl LoopTracker {
             },
         );
         self.order.push_back((id, deadline));
+        // loops that returned leave stale entries behind the oldest in flight: keep the
+        // order at most twice the loops in flight (amortized O(1))
+        if self.order.len() > 2 * self.max {
+            let pending = &self.pending;
+            self.order.retain(|(id, _)| pending.contains_key(id));
+        }
+        self.prune_front();
         evicted
     }
 
@@ -102,6 +116,7 @@ impl LoopTracker {
     pub fn returned(&mut self, id: &[u8; 16], now: Timestamp) -> Option<Duration> {
         let sent = self.pending.get(id)?.sent;
         self.finish(id, true);
+        self.prune_front();
         Some(now.saturating_since(sent))
     }
 
@@ -118,15 +133,34 @@ impl LoopTracker {
                 lost += 1;
             }
         }
+        self.prune_front();
         lost
     }
 
-    /// When the oldest loop in flight times out.
+    /// When the oldest loop in flight times out. O(1): the front of the order is always a
+    /// loop in flight.
     pub fn next_expiry(&self) -> Option<Timestamp> {
-        self.order
-            .iter()
-            .find(|(id, _)| self.pending.contains_key(id))
-            .map(|&(_, d)| d)
+        self.order.front().map(|&(_, d)| d)
+    }
+
+    /// Drops the entries of loops that returned from the front of the order.
+    fn prune_front(&mut self) {
+        while let Some((id, _)) = self.order.front() {
+            if self.pending.contains_key(id) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Forgets the reliability of nodes `keep` says no (those gone from the consensus).
+    pub fn retain_nodes(&mut self, keep: impl Fn(&[u8; 32]) -> bool) {
+        self.reliability.retain(|id, _| keep(id));
+    }
+
+    /// Outcomes not recorded for a node because [`MAX_TRACKED_NODES`] were tracked.
+    pub fn untracked(&self) -> u64 {
+        self.untracked
     }
 
     fn finish(&mut self, id: &[u8; 16], returned: bool) {
@@ -135,6 +169,10 @@ impl LoopTracker {
         };
         let outcome = if returned { 1.0 } else { 0.0 };
         for hop in &p.hops[..p.hop_count] {
+            if !self.reliability.contains_key(hop) && self.reliability.len() >= MAX_TRACKED_NODES {
+                self.untracked += 1;
+                continue;
+            }
             let r = self.reliability.entry(*hop).or_insert(1.0);
             *r = (*r * (1.0 - RELIABILITY_ALPHA) + outcome * RELIABILITY_ALPHA)
                 .max(RELIABILITY_FLOOR);
@@ -231,5 +269,51 @@ mod tests {
         assert_eq!(alarms, 1, "one alarm per collapse");
         assert!(t.reliability(&[1u8; 32]) < 0.1);
         assert_eq!(t.reliability(&[9u8; 32]), 1.0);
+    }
+
+    #[test]
+    fn the_order_stays_bounded_and_its_front_is_the_oldest_in_flight() {
+        let mut t = LoopTracker::new(8);
+        let hops = [[1u8; 32]; 4];
+        let timeout = Duration::from_secs(10);
+        let mut now = Timestamp::ZERO;
+        // one loop that never returns, then thousands that do at once
+        t.sent([0xff; 16], hops, 1, now, timeout);
+        for i in 0..5000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            now = now.saturating_add(Duration::from_micros(1));
+            t.sent(id, hops, 1, now, timeout);
+            assert!(t.returned(&id, now).is_some());
+            assert!(
+                t.order.len() <= 2 * 8 + 1,
+                "order grew to {}",
+                t.order.len()
+            );
+        }
+        assert_eq!(
+            t.next_expiry(),
+            Some(Timestamp::ZERO.saturating_add(timeout))
+        );
+        assert_eq!(t.expire(Timestamp::ZERO.saturating_add(timeout)), 1);
+        assert_eq!(t.next_expiry(), None);
+    }
+
+    #[test]
+    fn reliability_is_tracked_for_a_bounded_number_of_nodes() {
+        let mut t = LoopTracker::new(4);
+        let now = Timestamp::ZERO;
+        for i in 0..(MAX_TRACKED_NODES + 10) as u32 {
+            let mut node = [0u8; 32];
+            node[..4].copy_from_slice(&i.to_le_bytes());
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            t.sent(id, [node; 4], 1, now, Duration::from_secs(1));
+            t.returned(&id, now);
+        }
+        assert_eq!(t.reliabilities().len(), MAX_TRACKED_NODES);
+        assert_eq!(t.untracked(), 10);
+        t.retain_nodes(|id| id[0] == 0);
+        assert!(t.reliabilities().len() < MAX_TRACKED_NODES);
     }
 }

@@ -20,7 +20,7 @@ use pki_client::{NetworkParams, VerifiedConsensus};
 use rand_core::CryptoRng;
 use scheduler::ExpDelay;
 
-use crate::engine::SendError;
+use crate::errors::SendError;
 
 /// The tag a direct ID starts with: `0xff` then `dir` and the format version.
 const DIRECT_TAG: [u8; 5] = [0xff, b'd', b'i', b'r', 1];
@@ -189,27 +189,52 @@ impl Paths {
         route: &mut [Hop; sphinx::MAX_HOPS],
         delays: &mut [Delay; sphinx::MAX_HOPS],
     ) -> Result<(), SendError> {
-        let mut idx = [0usize; sphinx::MAX_HOPS];
-        pki_client::select_hops(
+        draw_route(
             &self.consensus,
-            count,
+            &self.delays,
             exclude,
             |id| self.reliability.get(id).copied().unwrap_or(1.0),
             rng,
-            &mut idx[..count],
+            &mut route[..count],
+            &mut delays[..count],
         )
-        .map_err(|_| SendError::NoPath)?;
-        for (i, &n) in idx[..count].iter().enumerate() {
-            let node = &self.consensus.nodes()[n];
-            route[i] = Hop {
-                id: NodeId(node.id()),
-                key: MixPublicKey(node.mix_key),
-            };
-            delays[i] = Delay::from_nanos(self.delays.sample(rng).as_nanos() as u64);
-        }
-        Ok(())
     }
+}
 
+/// Draws `route.len()` distinct mixes of `consensus` by bandwidth times `weight` (Algorithm
+/// 1), none of `exclude`, into `route`, with an exponential delay of mean 1/mu for each into
+/// `delays` (as many as it holds). The one place every path is drawn: messages, SURBs,
+/// loops and cover.
+pub(crate) fn draw_route<R: CryptoRng + ?Sized>(
+    consensus: &VerifiedConsensus,
+    mean_delay: &ExpDelay,
+    exclude: &[[u8; 32]],
+    weight: impl Fn(&[u8; 32]) -> f64,
+    rng: &mut R,
+    route: &mut [Hop],
+    delays: &mut [Delay],
+) -> Result<(), SendError> {
+    let count = route.len();
+    let mut idx = [0usize; sphinx::MAX_HOPS];
+    if count > idx.len() {
+        return Err(SendError::NoPath);
+    }
+    pki_client::select_hops(consensus, count, exclude, weight, rng, &mut idx[..count])
+        .map_err(|_| SendError::NoPath)?;
+    for (i, &n) in idx[..count].iter().enumerate() {
+        let node = &consensus.nodes()[n];
+        route[i] = Hop {
+            id: NodeId(node.id()),
+            key: MixPublicKey(node.mix_key),
+        };
+        if let Some(d) = delays.get_mut(i) {
+            *d = Delay::from_nanos(mean_delay.sample(rng).as_nanos() as u64);
+        }
+    }
+    Ok(())
+}
+
+impl Paths {
     /// Builds into `out` (the packet size) a packet carrying `plaintext` to `destination`
     /// through `hops - 1` mixes drawn by bandwidth, with `identifier` for the destination.
     /// Returns the first hop's ID.

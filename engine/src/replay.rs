@@ -25,6 +25,20 @@ pub enum Seen {
     Full,
 }
 
+/// What the engine asks of a replay filter: one call per authentic packet, from any core.
+/// [`ReplayFilter`] is the one in memory; a filter that survives restarts (issue 11)
+/// implements the same call.
+pub trait ReplayCheck: std::fmt::Debug + Send + Sync {
+    /// Whether `tag` was seen before under this key, remembering it if not.
+    fn check_and_insert(&self, tag: &ReplayTag) -> Seen;
+}
+
+impl ReplayCheck for ReplayFilter {
+    fn check_and_insert(&self, tag: &ReplayTag) -> Seen {
+        ReplayFilter::check_and_insert(self, tag)
+    }
+}
+
 /// A replay filter.
 #[derive(Debug)]
 pub struct ReplayFilter {

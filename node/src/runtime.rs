@@ -716,7 +716,7 @@ impl Control {
             let keys = EpochKeys {
                 consensus: Arc::clone(&consensus),
                 secret: secret.clone(),
-                replay: Arc::clone(&replay),
+                replay: Arc::clone(&replay) as Arc<dyn engine::ReplayCheck>,
             };
             if s.try_send(Command::Install(keys)).is_err() {
                 tracing::error!("a core's inbox is full; the epoch is not installed there");

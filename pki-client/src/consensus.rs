@@ -25,6 +25,14 @@ const VOTE_MAGIC: &[u8; 5] = b"MXVT\x01";
 pub(crate) const CONSENSUS_CONTEXT: &[u8] = b"mixed consensus v1\0";
 const VOTE_CONTEXT: &[u8] = b"mixed vote v1\0";
 
+/// The longest mean per-hop delay 1/lambda a consensus may set: one day (the delay
+/// sampler's own limit).
+pub const MAX_MEAN_DELAY_MICROS: u64 = 86_400 * 1_000_000;
+/// The most loops L a consensus may ask of each node.
+pub const MAX_LOOPS: u32 = 1_000;
+/// The highest b_loop a consensus may set, in thousandths of a packet a second.
+pub const MAX_LOOP_RATE_MILLIS: u32 = 1_000_000;
+
 /// The parameters every node of an epoch uses, with the paper's names. Fixed-point where
 /// the paper's symbol is a real number, so the encoding is exact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -49,7 +57,9 @@ pub struct NetworkParams {
 
 impl NetworkParams {
     /// Checks ranges: a packet that fits a datagram, 1 to 5 hops, rho >= 1, an epoch of at
-    /// least a second.
+    /// least a second, a mean delay of at most a day, at most 1,000 loops of at most 1,000
+    /// packets a second. The reason names the field; a consensus out of range does not
+    /// verify.
     pub fn validate(&self) -> Result<(), &'static str> {
         if !(381..=65_507).contains(&self.packet_size) {
             return Err("packet_size must be 381 to 65,507 bytes");
@@ -62,6 +72,15 @@ impl NetworkParams {
         }
         if self.epoch_seconds == 0 {
             return Err("epoch_seconds must be at least 1");
+        }
+        if self.mean_delay_micros > MAX_MEAN_DELAY_MICROS {
+            return Err("mean_delay_micros must be at most one day (86,400,000,000)");
+        }
+        if self.loops > MAX_LOOPS {
+            return Err("loops must be at most 1,000");
+        }
+        if self.loop_rate_millis > MAX_LOOP_RATE_MILLIS {
+            return Err("loop_rate_millis must be at most 1,000,000 (1,000 packets a second)");
         }
         Ok(())
     }
@@ -99,9 +118,7 @@ impl NetworkParams {
             epoch_seconds: r.u64()?,
             genesis_unix: r.u64()?,
         };
-        params
-            .validate()
-            .map_err(|_| r.invalid("network parameters"))?;
+        params.validate().map_err(|why| r.invalid(why))?;
         Ok(params)
     }
 }

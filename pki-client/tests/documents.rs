@@ -356,3 +356,42 @@ fn path_selection_follows_bandwidth_without_replacement() {
         }
     );
 }
+
+#[test]
+fn a_consensus_with_parameters_out_of_range_is_refused_naming_the_field() {
+    let (authorities, set, consensus) = network(3, 9);
+    let cases = [
+        (
+            NetworkParams {
+                mean_delay_micros: 86_400 * 1_000_000 + 1,
+                ..PARAMS
+            },
+            "mean_delay_micros",
+        ),
+        (
+            NetworkParams {
+                loops: 1_001,
+                ..PARAMS
+            },
+            "loops",
+        ),
+        (NetworkParams { hops: 6, ..PARAMS }, "hops"),
+        (
+            NetworkParams {
+                rho_permille: 999,
+                ..PARAMS
+            },
+            "rho",
+        ),
+    ];
+    for (params, field) in cases {
+        assert!(params.validate().unwrap_err().contains(field));
+        let mut bad = consensus.clone();
+        bad.params = params;
+        let who: Vec<&IdentitySecret> = authorities.iter().collect();
+        let err = UnverifiedConsensus::from_bytes(&signed_by(&bad, &who))
+            .and_then(|u| u.check_signatures(&set))
+            .unwrap_err();
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+}

@@ -1,0 +1,112 @@
+//! Emission: packets whose delay expired go to Algorithm 2's emitter, which fills each
+//! Poisson slot with a forward, an own packet, a loop or drop cover; loops that did not
+//! return in time are counted lost.
+
+use scheduler::{Emission, ForwardDrop, Timestamp};
+
+use super::{COVER_STOCK, Engine, Event, LOOP_STOCK, MAX_EVENTS, Queued};
+use crate::counters::{DropReason, OutCategory};
+
+impl Engine {
+    /// Handles the timers due at `now`: delays that expired go to the emitter, the emission
+    /// slots that are due are filled, loops that did not return in time are lost. Call it at
+    /// [`Self::poll_timeout`] (or later), then drain [`Self::poll_transmit`].
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let tick = self.clock.now_tick(now);
+        while let Some(buf) = self.wheel.pop_expired(tick) {
+            let Some(emitter) = &mut self.emitter else {
+                self.pool.give_back(buf);
+                continue;
+            };
+            if let Err((buf, why)) = emitter.push_forward(buf, &mut self.rng) {
+                self.pool.give_back(buf);
+                self.counters.drop(match why {
+                    ForwardDrop::Budget => DropReason::ForwardBudget,
+                    ForwardDrop::QueueFull => DropReason::ForwardQueueFull,
+                });
+            }
+        }
+        if let Some((_, until)) = &self.previous
+            && now > *until
+        {
+            self.previous = None;
+        }
+
+        if let Some(mut emitter) = self.emitter.take() {
+            // a full transmit queue means the driver is behind: leave the slots due (late,
+            // not lost) rather than build packets only to drop them
+            while self.tx.len() < self.config.tx_queue
+                && let Some((slot, emission)) = emitter.on_slot(now, !self.own.is_empty())
+            {
+                self.fill_slot(now, slot, emission);
+            }
+            self.emitter = Some(emitter);
+        }
+        if self.stock.len() < LOOP_STOCK / 2 {
+            self.build_loops(now, LOOP_STOCK - self.stock.len());
+        }
+        while self.cover.len() + LOOP_STOCK <= COVER_STOCK {
+            let before = self.cover.len();
+            self.build_cover(LOOP_STOCK);
+            if self.cover.len() == before {
+                break; // no path or no buffer: try again next time
+            }
+        }
+        let lost = self.loops.expire(now);
+        self.counters.loops_lost += lost as u64;
+        if let Some((recent, usual)) = self.loops.collapse()
+            && self.events.len() < MAX_EVENTS
+        {
+            self.events.push_back(Event::LoopCollapse { recent, usual });
+        }
+    }
+
+    pub(super) fn fill_slot(&mut self, now: Timestamp, slot: Timestamp, emission: Emission<u32>) {
+        let queued = match emission {
+            Emission::Own => self.own.pop_front(),
+            Emission::Forward(buf) => self.next_hop[buf as usize].take().map(|to| Queued {
+                buf,
+                to,
+                category: OutCategory::Forward,
+                due: slot,
+            }),
+            Emission::Cover => {
+                if self.cover.is_empty() {
+                    self.build_cover(LOOP_STOCK);
+                }
+                self.cover.pop_front()
+            }
+            Emission::ScheduledLoop => {
+                if self.stock.is_empty() {
+                    self.build_loops(now, LOOP_STOCK);
+                }
+                self.stock.pop_front().map(|l| {
+                    let timeout = self.config.loop_timeout;
+                    if self
+                        .loops
+                        .sent(l.id, l.hops, l.hop_count, now, timeout)
+                        .is_some()
+                    {
+                        self.counters.loops_lost += 1;
+                    }
+                    Queued {
+                        buf: l.buf,
+                        to: l.to,
+                        category: OutCategory::Loop,
+                        due: slot,
+                    }
+                })
+            }
+        };
+        let Some(mut q) = queued else {
+            return;
+        };
+        q.due = slot;
+        if self.tx.len() >= self.config.tx_queue {
+            self.pool.give_back(q.buf);
+            self.counters.drop(DropReason::TxQueueFull);
+            return;
+        }
+        self.tx.push_back(q);
+    }
+}

@@ -1,0 +1,148 @@
+//! Epochs: the consensus and this node's key for each, the previous key honoured for a
+//! grace after a new epoch starts, the addresses of the epoch's nodes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crypto_simd::sphinx::{self, HEADER_LEN};
+use scheduler::{EmissionParams, Emitter, ExpDelay, Timestamp};
+
+use super::{Engine, EpochKeys};
+use crate::pool::PacketPool;
+
+#[derive(Debug)]
+pub(super) struct EpochState {
+    pub(super) keys: EpochKeys,
+    /// Node ID -> address, for this epoch's nodes.
+    pub(super) addrs: HashMap<[u8; 32], SocketAddr>,
+}
+
+/// Why an epoch could not be installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InstallError {
+    /// The consensus's parameters do not make a valid emission schedule with this rate.
+    #[error("emission parameters: {0}")]
+    Params(scheduler::ParamsError),
+    /// The packet size changed; the node must restart to follow.
+    #[error("the packet size changed from {was} to {now}: restart the node")]
+    PacketSize {
+        /// The size in use.
+        was: usize,
+        /// The new size.
+        now: usize,
+    },
+    /// The mean delay 1/mu is beyond what the delay sampler draws (over a day).
+    #[error("mean_delay_micros {0} is over a day")]
+    MeanDelay(u64),
+    /// The packet size is not one Sphinx allows.
+    #[error("packet size {0} outside what Sphinx allows")]
+    BadPacketSize(usize),
+}
+
+impl Engine {
+    /// Installs an epoch: its consensus, this node's key for it, and the key's replay filter.
+    /// The previous epoch's key stays valid for the configured grace. The first epoch
+    /// fixes the packet size.
+    pub fn install_epoch(&mut self, keys: EpochKeys, now: Timestamp) -> Result<(), InstallError> {
+        let params = *keys.consensus.params();
+        let size = params.packet_size as usize;
+        // every check first: a refused epoch changes nothing
+        if self.packet_size == 0
+            && !(HEADER_LEN + sphinx::MIN_PAYLOAD_SIZE..=HEADER_LEN + sphinx::MAX_PAYLOAD_SIZE)
+                .contains(&size)
+        {
+            return Err(InstallError::BadPacketSize(size));
+        }
+        if self.packet_size != 0 && size != self.packet_size {
+            return Err(InstallError::PacketSize {
+                was: self.packet_size,
+                now: size,
+            });
+        }
+        // a verified consensus has a mean delay in range; refuse rather than guess
+        let delays = ExpDelay::new(Duration::from_micros(params.mean_delay_micros))
+            .map_err(|_| InstallError::MeanDelay(params.mean_delay_micros))?;
+        let emission = EmissionParams {
+            b: self.config.rate,
+            rho: f64::from(params.rho_permille) / 1000.0,
+            h: u32::from(params.hops),
+            l: params.loops,
+            b_loop: f64::from(params.loop_rate_millis) / 1000.0,
+            forward_queue: self.config.forward_queue,
+        };
+        let keep = self
+            .emitter
+            .as_ref()
+            .is_some_and(|e| *e.params() == emission);
+        if !keep {
+            let emitter =
+                Emitter::new(emission, now, &mut self.rng).map_err(InstallError::Params)?;
+            self.emitter = Some(emitter);
+        }
+        if self.packet_size == 0 {
+            self.packet_size = size;
+            self.pool = PacketPool::new(self.config.pool_size, size);
+            self.next_hop = vec![None; self.config.pool_size];
+        }
+        self.delays = delays;
+        let addrs = keys
+            .consensus
+            .nodes()
+            .iter()
+            .filter_map(|n| n.addresses.first().map(|a| (n.id(), *a)))
+            .collect();
+        let listed = Arc::clone(&keys.consensus);
+        self.loops.retain_nodes(|id| listed.node(id).is_some());
+        let state = EpochState { keys, addrs };
+        if let Some(old) = self.current.replace(state) {
+            self.previous = Some((old, now.saturating_add(self.config.grace)));
+        }
+        // loops and cover built for the old epoch would use its keys
+        while let Some(l) = self.stock.pop_front() {
+            self.pool.give_back(l.buf);
+        }
+        while let Some(c) = self.cover.pop_front() {
+            self.pool.give_back(c.buf);
+        }
+        Ok(())
+    }
+
+    pub(super) fn address_of(&self, node: &[u8; 32]) -> Option<SocketAddr> {
+        self.current
+            .as_ref()
+            .and_then(|c| c.addrs.get(node))
+            .or_else(|| self.previous.as_ref().and_then(|(p, _)| p.addrs.get(node)))
+            .copied()
+            .or_else(|| {
+                self.config
+                    .direct_delivery
+                    .then(|| crate::paths::parse_direct_id(node))
+                    .flatten()
+            })
+    }
+
+    /// The hop ID this node's loops and SURBs end at: its node ID when the consensus lists
+    /// it, else a direct ID with its address.
+    pub(super) fn my_hop_id(&self) -> Option<[u8; 32]> {
+        let current = self.current.as_ref()?;
+        if current.addrs.contains_key(&self.config.node_id) {
+            Some(self.config.node_id)
+        } else {
+            self.config.address.map(crate::paths::direct_id)
+        }
+    }
+
+    /// Paths under the installed epoch, for the layer above to build its packets and
+    /// SURBs with.
+    pub fn paths(&self) -> Option<crate::paths::Paths> {
+        let current = self.current.as_ref()?;
+        Some(crate::paths::Paths::new(
+            Arc::clone(&current.keys.consensus),
+            self.config.node_id,
+            self.config.address,
+            current.keys.secret.public_key(),
+        ))
+    }
+}

@@ -1,0 +1,317 @@
+//! The engine of one node (or of one core of a node): sans-IO, after quinn-proto. It never
+//! reads a clock, touches a socket or calls OS randomness: the driver pushes datagrams and
+//! timeouts in with the time, and pulls transmits, the next deadline and events out.
+//!
+//! - [`Engine::handle_datagrams`]: a batch of received datagrams, unwrapped together.
+//! - [`Engine::handle_timeout`]: call at [`Engine::poll_timeout`]; moves expired delays to
+//!   the emitter, fills the slots that are due, expires loops.
+//! - [`Engine::poll_transmit`]: call until `None` after every `handle_*`; each gives one
+//!   datagram to send now.
+//! - [`Engine::poll_event`]: messages for the layer above and alerts.
+//!
+//! The engine by stage, one module each: `epoch` (keys, the previous key's grace, the
+//! addresses of the epoch's nodes), `ingress` (size check, batched unwrap, replay filter,
+//! routing), `emission` (the held packets' delays and Algorithm 2's slots), `probes` (loops
+//! and drop cover, built in batches) and `own` (the node's own packets). Every queue has a
+//! limit in [`EngineConfig`] or a named constant here, and a counted drop.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crypto_simd::sphinx::MixSecretKey;
+use pki_client::VerifiedConsensus;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use scheduler::{Emitter, ExpDelay, TickClock, TimerWheel, Timestamp};
+
+use crate::counters::{Counters, OutCategory};
+pub use crate::errors::SendError;
+use crate::loops::LoopTracker;
+use crate::pool::PacketPool;
+use crate::replay::ReplayCheck;
+
+mod emission;
+mod epoch;
+mod ingress;
+mod own;
+mod probes;
+
+use epoch::EpochState;
+pub use epoch::InstallError;
+
+/// Most datagrams unwrapped together.
+pub const MAX_BATCH: usize = 64;
+/// Loops (and cover packets) built per batch: two ladders of IFMA's eight lanes.
+const LOOP_STOCK: usize = 16;
+/// Cover packets kept built ahead: at high rates a turn of the loop may fill many slots,
+/// and cover built one at a time would waste the ladders' lanes.
+const COVER_STOCK: usize = 64;
+/// The identifier of drop cover: a one-hop packet its receiver discards.
+const COVER_IDENTIFIER: [u8; 16] = [0; 16];
+
+/// How an engine runs. The defaults suit a node at a few hundred packets a second; a relay
+/// scales the pool, wheel and replay capacity with its rate.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This node's ID (the hash of its identity key).
+    pub node_id: [u8; 32],
+    /// B: the constant rate this engine emits at, packets a second (a node of k cores gives
+    /// each core B / k: the sum of their Poisson clocks is a Poisson clock of rate B).
+    pub rate: f64,
+    /// Whether the node forwards for others (a mix); a passive node does not.
+    pub forwarding: bool,
+    /// Packet buffers: held packets, ready forwards, queued transmits.
+    pub pool_size: usize,
+    /// Most packets held for their delay at once.
+    pub wheel_capacity: usize,
+    /// Timer tick.
+    pub tick: Duration,
+    /// The longest delay honoured; a packet asking for more is dropped.
+    pub max_delay: Duration,
+    /// Datagrams waiting to be sent, at most.
+    pub tx_queue: usize,
+    /// Own packets waiting for a slot, at most.
+    pub own_queue: usize,
+    /// Forwards waiting for a slot, at most (the emitter's ready queue).
+    pub forward_queue: usize,
+    /// Loops in flight tracked, at most.
+    pub max_loops: usize,
+    /// How long a loop may take before it counts as lost.
+    pub loop_timeout: Duration,
+    /// How long packets under the previous epoch's key are still accepted.
+    pub grace: Duration,
+    /// Where this node receives packets. A node not in the consensus (passive) ends its
+    /// loops and SURBs with a direct ID carrying this address ([`crate::paths::direct_id`]).
+    pub address: Option<SocketAddr>,
+    /// Whether to deliver to a direct ID (the last hop of a passive node's loop or SURB).
+    pub direct_delivery: bool,
+}
+
+impl EngineConfig {
+    /// Defaults for a node with this ID, emitting at `rate` packets a second.
+    pub fn new(node_id: [u8; 32], rate: f64) -> Self {
+        EngineConfig {
+            node_id,
+            rate,
+            forwarding: true,
+            pool_size: 4096,
+            wheel_capacity: 4096,
+            tick: scheduler::DEFAULT_TICK,
+            max_delay: Duration::from_secs(60),
+            tx_queue: 1024,
+            own_queue: 256,
+            forward_queue: 256,
+            max_loops: 4096,
+            loop_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(30),
+            address: None,
+            direct_delivery: true,
+        }
+    }
+}
+
+/// One epoch as the engine uses it: the verified consensus, this node's mix secret key for
+/// the epoch, and the key's replay filter (shared by the node's cores).
+#[derive(Clone, Debug)]
+pub struct EpochKeys {
+    /// The epoch's consensus.
+    pub consensus: Arc<VerifiedConsensus>,
+    /// This node's mix secret key for the epoch.
+    pub secret: MixSecretKey,
+    /// Replay tags seen under `secret`.
+    pub replay: Arc<dyn ReplayCheck>,
+}
+
+/// What the engine tells the layer above.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A message for this node arrived.
+    Message {
+        /// The sender's identifier for it.
+        identifier: [u8; 16],
+        /// The plaintext.
+        payload: Vec<u8>,
+    },
+    /// Loops stopped coming back: a possible n-1 attack around this node (section 5.0.2).
+    LoopCollapse {
+        /// Fraction of recent loops that returned.
+        recent: f64,
+        /// Fraction that usually return.
+        usual: f64,
+    },
+    /// A packet for this node whose payload is still sealed: a reply through one of the
+    /// node's SURBs, which only the layer above (holding the SURB's recovery) can open; or
+    /// a payload damaged in transit, which it will fail to open.
+    Sealed {
+        /// The identifier the packet arrived with (the SURB's, for a reply).
+        identifier: [u8; 16],
+        /// The payload as this node's layer left it.
+        payload: Vec<u8>,
+    },
+}
+
+/// A datagram to send now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub to: SocketAddr,
+    /// The emission slot it belongs to: it should leave at this time (the difference from
+    /// the actual departure is the node's delay accuracy).
+    pub due: Timestamp,
+    /// Its length, at the start of the buffer given to [`Engine::poll_transmit`].
+    pub len: usize,
+    /// What it carries (never on the wire: for counters and tests).
+    pub category: OutCategory,
+}
+
+/// A queued datagram.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    buf: u32,
+    to: SocketAddr,
+    category: OutCategory,
+    due: Timestamp,
+}
+
+/// A prebuilt loop.
+#[derive(Clone, Copy, Debug)]
+struct StockedLoop {
+    buf: u32,
+    to: SocketAddr,
+    id: [u8; 16],
+    hops: [[u8; 32]; 4],
+    hop_count: usize,
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    rng: ChaCha20Rng,
+    current: Option<EpochState>,
+    previous: Option<(EpochState, Timestamp)>,
+    pool: PacketPool,
+    packet_size: usize,
+    clock: TickClock,
+    wheel: TimerWheel<u32>,
+    /// Where each held packet goes next, by buffer.
+    next_hop: Vec<Option<SocketAddr>>,
+    emitter: Option<Emitter<u32>>,
+    delays: ExpDelay,
+    tx: VecDeque<Queued>,
+    own: VecDeque<Queued>,
+    stock: VecDeque<StockedLoop>,
+    cover: VecDeque<Queued>,
+    loops: LoopTracker,
+    events: VecDeque<Event>,
+    counters: Counters,
+}
+
+/// Most events waiting for the layer above.
+const MAX_EVENTS: usize = 4096;
+
+impl Engine {
+    /// An engine; it emits once an epoch is installed. `seed` seeds all its randomness
+    /// (the runtime draws it from the OS, a simulation from its own seed).
+    pub fn new(config: EngineConfig, seed: [u8; 32]) -> Result<Self, scheduler::time::BadTick> {
+        let clock = TickClock::new(config.tick)?;
+        Ok(Engine {
+            rng: ChaCha20Rng::from_seed(seed),
+            current: None,
+            previous: None,
+            pool: PacketPool::new(1, 0),
+            packet_size: 0,
+            clock,
+            wheel: TimerWheel::new(config.wheel_capacity, 0),
+            next_hop: Vec::new(),
+            emitter: None,
+            delays: ExpDelay::ZERO,
+            tx: VecDeque::with_capacity(config.tx_queue),
+            own: VecDeque::with_capacity(config.own_queue),
+            stock: VecDeque::with_capacity(LOOP_STOCK),
+            cover: VecDeque::with_capacity(COVER_STOCK),
+            loops: LoopTracker::new(config.max_loops),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The installed epoch, if any.
+    pub fn epoch(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.keys.consensus.epoch())
+    }
+
+    /// Packets held for their delay.
+    pub fn held(&self) -> usize {
+        self.wheel.len()
+    }
+
+    /// Installs an epoch: its consensus, this node's key for it, and the key's replay filter.
+    /// The previous epoch's key stays valid for the configured grace. The first epoch
+    /// Starts or stops forwarding for others (bindanon / unbindanon).
+    pub fn set_forwarding(&mut self, forwarding: bool) {
+        self.config.forwarding = forwarding;
+    }
+
+    /// Loops that returned and loops lost, since the engine started: the layer above
+    /// estimates the delivery probability q from them (section 4.5).
+    pub fn loop_outcomes(&self) -> (u64, u64) {
+        (self.counters.loops_returned, self.counters.loops_lost)
+    }
+
+    /// The next datagram to send now, written into `out` (at least the packet size), or
+    /// `None` when there is nothing to send. Call until `None` after each `handle_*`.
+    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Option<Transmit> {
+        let q = self.tx.pop_front()?;
+        let len = self.packet_size;
+        let sent = out
+            .get_mut(..len)
+            .map(|dst| dst.copy_from_slice(self.pool.get(q.buf)));
+        self.pool.give_back(q.buf);
+        sent?;
+        self.counters.sent(q.category);
+        Some(Transmit {
+            to: q.to,
+            due: q.due,
+            len,
+            category: q.category,
+        })
+    }
+
+    /// When to call [`Self::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let emitter = self.emitter.as_ref().map(Emitter::poll_timeout);
+        let wheel = self.wheel.next_deadline().map(|t| self.clock.tick_start(t));
+        let loops = self.loops.next_expiry();
+        let grace = self.previous.as_ref().map(|(_, until)| *until);
+        [emitter, wheel, loops, grace].into_iter().flatten().min()
+    }
+
+    /// The next event for the layer above.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Every tested node's reliability as loops measured it (for the layer above's paths).
+    pub fn reliabilities(&self) -> &HashMap<[u8; 32], f64> {
+        self.loops.reliabilities()
+    }
+
+    /// A node's reliability as loops measured it.
+    pub fn reliability(&self, node: &[u8; 32]) -> f64 {
+        self.loops.reliability(node)
+    }
+}

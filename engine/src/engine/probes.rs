@@ -1,0 +1,177 @@
+//! Loops and drop cover, built in batches of [`LOOP_STOCK`] (the X25519 ladders side by
+//! side) and kept in stock for the slots that call for them (section 4.4 of the paper).
+
+use std::sync::Arc;
+
+use crypto_simd::sphinx::{self, Delay, Destination, Hop, MixPublicKey, NodeId, PacketRequest};
+use rand_core::Rng;
+use scheduler::{ExpDelay, Timestamp};
+
+use super::{COVER_IDENTIFIER, Engine, LOOP_STOCK, Queued, StockedLoop};
+use crate::counters::OutCategory;
+use crate::paths::draw_route;
+
+impl Engine {
+    /// Builds up to `count` loops through random paths back to this node, in one batch.
+    pub(super) fn build_loops(&mut self, _now: Timestamp, count: usize) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let consensus = Arc::clone(&current.keys.consensus);
+        let params = *consensus.params();
+        let key = current.keys.secret.public_key();
+        let Some(my_id) = self.my_hop_id() else {
+            return; // nothing can reach this node: no loops
+        };
+        let me = Hop {
+            id: NodeId(my_id),
+            key,
+        };
+        let h = usize::from(params.hops).clamp(1, 4);
+        let count = count.min(LOOP_STOCK);
+        let mut routes = [[me; 5]; LOOP_STOCK];
+        let mut ids = [[[0u8; 32]; 4]; LOOP_STOCK];
+        let mut delays = [[Delay::default(); 4]; LOOP_STOCK];
+        let mut destinations = [Destination {
+            address: self.config.node_id,
+            identifier: [0; 16],
+        }; LOOP_STOCK];
+        let mut built = 0;
+        for k in 0..count {
+            let loops = &self.loops;
+            if draw_route(
+                &consensus,
+                &self.delays,
+                &[self.config.node_id],
+                |id| loops.reliability(id),
+                &mut self.rng,
+                &mut routes[k][..h],
+                &mut delays[k][..h],
+            )
+            .is_err()
+            {
+                break;
+            }
+            for i in 0..h {
+                ids[k][i] = routes[k][i].id.0;
+            }
+            routes[k][h] = me;
+            self.rng.fill_bytes(&mut destinations[k].identifier);
+            built = k + 1;
+        }
+        let mut bufs = [0u32; LOOP_STOCK];
+        let mut taken = 0;
+        while taken < built {
+            match self.pool.take() {
+                Some(b) => {
+                    bufs[taken] = b;
+                    taken += 1;
+                }
+                None => break,
+            }
+        }
+        let requests: [PacketRequest<'_>; LOOP_STOCK] = core::array::from_fn(|k| PacketRequest {
+            route: &routes[k][..h + 1],
+            delays: &delays[k][..h],
+            destination: &destinations[k],
+            message: &[],
+        });
+        let mut results = [Ok(()); LOOP_STOCK];
+        {
+            let mut outs = self.pool.many_mut(&bufs[..taken]);
+            let _ = sphinx::build_packets(
+                &requests[..taken],
+                &mut self.rng,
+                &mut outs[..taken],
+                &mut results[..taken],
+            );
+        }
+        for k in 0..taken {
+            let first = routes[k][0].id.0;
+            match (results[k], self.address_of(&first)) {
+                (Ok(()), Some(to)) => {
+                    self.stock.push_back(StockedLoop {
+                        buf: bufs[k],
+                        to,
+                        id: destinations[k].identifier,
+                        hops: ids[k],
+                        hop_count: h,
+                    });
+                }
+                _ => self.pool.give_back(bufs[k]),
+            }
+        }
+    }
+
+    /// Builds up to `count` drop-cover packets in one batch: one hop to a random node (by
+    /// bandwidth), with the cover identifier and no plaintext; the node discards them.
+    pub(super) fn build_cover(&mut self, count: usize) {
+        let Some(current) = &self.current else {
+            return;
+        };
+        let consensus = Arc::clone(&current.keys.consensus);
+        let count = count.min(LOOP_STOCK);
+        let placeholder = Hop {
+            id: NodeId([0; 32]),
+            key: MixPublicKey([9; 32]),
+        };
+        let mut routes = [[placeholder]; LOOP_STOCK];
+        let mut destinations = [Destination {
+            address: [0; 32],
+            identifier: COVER_IDENTIFIER,
+        }; LOOP_STOCK];
+        let mut built = 0;
+        for k in 0..count {
+            // one hop, no delay: cover is not mixed, only dropped
+            if draw_route(
+                &consensus,
+                &ExpDelay::ZERO,
+                &[self.config.node_id],
+                |_| 1.0,
+                &mut self.rng,
+                &mut routes[k],
+                &mut [],
+            )
+            .is_err()
+            {
+                break;
+            }
+            destinations[k].address = routes[k][0].id.0;
+            built = k + 1;
+        }
+        let mut bufs = [0u32; LOOP_STOCK];
+        let mut taken = 0;
+        while taken < built {
+            let Some(b) = self.pool.take() else { break };
+            bufs[taken] = b;
+            taken += 1;
+        }
+        let requests: [PacketRequest<'_>; LOOP_STOCK] = core::array::from_fn(|k| PacketRequest {
+            route: &routes[k],
+            delays: &[],
+            destination: &destinations[k],
+            message: &[],
+        });
+        let mut results = [Ok(()); LOOP_STOCK];
+        {
+            let mut outs = self.pool.many_mut(&bufs[..taken]);
+            let _ = sphinx::build_packets(
+                &requests[..taken],
+                &mut self.rng,
+                &mut outs[..taken],
+                &mut results[..taken],
+            );
+        }
+        for k in 0..taken {
+            match (results[k], self.address_of(&routes[k][0].id.0)) {
+                (Ok(()), Some(to)) => self.cover.push_back(Queued {
+                    buf: bufs[k],
+                    to,
+                    category: OutCategory::Cover,
+                    due: Timestamp::ZERO,
+                }),
+                _ => self.pool.give_back(bufs[k]),
+            }
+        }
+    }
+}
