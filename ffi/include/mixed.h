@@ -66,6 +66,12 @@
 #define MIXED_EVENT_UNDELIVERED 4
 
 // A session with a node (opaque).
+//
+// Every call reaches it through a shared reference: the client is behind a lock taken
+// for one request at a time and never held while a callback runs, so a `recvanon`
+// callback may send, reply, bind or read the last error on the same socket (and other
+// threads may use it too). A `closeanon` from inside a callback is deferred until
+// `recvanon` returns.
 typedef struct mixed_socket mixed_socket;
 
 // How to send (the params of sendanon). Zero fields mean defaults; pass NULL for all
@@ -170,6 +176,10 @@ int32_t mixed_reply(struct mixed_socket *s,
 // recvanon: calls `callback` with each event (a message, an ACK, an offline report) until
 // it returns nonzero or `timeout_ms` pass without an event. Returns `MIXED_OK` if at least
 // one event was delivered, `MIXED_TIMEOUT` if none came.
+//
+// The callback may call any function on the same socket (`mixed_reply` to answer the
+// message it holds, `mixed_sendanon`, ...): the socket is not borrowed while it runs.
+// `mixed_closeanon` from the callback closes the socket once `recvanon` returns.
 //
 // # Safety
 // `s` is NULL or an open socket; `callback` is a valid function; `user` is passed through.

@@ -24,10 +24,12 @@
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anon::SendOptions;
-use anon::local::{ApiError, Client, Code, Frame};
+use local_client::{ApiError, Client, Code, Frame};
 
 /// Success.
 pub const MIXED_OK: i32 = 0;
@@ -69,9 +71,19 @@ pub const MIXED_EVENT_OFFLINE: i32 = 3;
 pub const MIXED_EVENT_UNDELIVERED: i32 = 4;
 
 /// A session with a node (opaque).
+///
+/// Every call reaches it through a shared reference: the client is behind a lock taken
+/// for one request at a time and never held while a callback runs, so a `recvanon`
+/// callback may send, reply, bind or read the last error on the same socket (and other
+/// threads may use it too). A `closeanon` from inside a callback is deferred until
+/// `recvanon` returns.
 pub struct MixedSocket {
-    client: Client,
-    last_error: CString,
+    client: Mutex<Client>,
+    last_error: Mutex<CString>,
+    /// `recvanon` calls running on this socket (callbacks included).
+    receiving: AtomicU32,
+    /// `closeanon` was called while `receiving`: the last `recvanon` out frees it.
+    close_requested: AtomicBool,
 }
 
 /// How to send (the params of sendanon). Zero fields mean defaults; pass NULL for all
@@ -131,17 +143,28 @@ fn guard(f: impl FnOnce() -> i32) -> i32 {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(MIXED_INTERNAL)
 }
 
+/// A lock whose holder panicked is still usable: the panic became `MIXED_INTERNAL`, and the
+/// client's state is a socket and counters.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl MixedSocket {
-    fn fail(&mut self, e: ApiError) -> i32 {
-        self.last_error = CString::new(e.text.replace('\0', " ")).unwrap_or_default();
+    fn fail(&self, e: ApiError) -> i32 {
+        *lock(&self.last_error) = CString::new(e.text.replace('\0', " ")).unwrap_or_default();
         e.code as i32
+    }
+
+    /// Runs `f` on the client, the lock held only for `f`.
+    fn with_client<R>(&self, f: impl FnOnce(&mut Client) -> R) -> R {
+        f(&mut lock(&self.client))
     }
 
     /// The code of a send or reply, the message ID written to `id_out` unless NULL.
     ///
     /// # Safety
     /// `id_out` is NULL or 16 writable bytes.
-    unsafe fn answer(&mut self, sent: Result<anon::MessageId, ApiError>, id_out: *mut u8) -> i32 {
+    unsafe fn answer(&self, sent: Result<anon::MessageId, ApiError>, id_out: *mut u8) -> i32 {
         match sent {
             Ok(id) => {
                 if !id_out.is_null() {
@@ -179,8 +202,10 @@ pub unsafe extern "C" fn mixed_socketanon(
         match Client::connect(Path::new(path), port) {
             Ok(client) => {
                 let s = Box::new(MixedSocket {
-                    client,
-                    last_error: CString::default(),
+                    client: Mutex::new(client),
+                    last_error: Mutex::new(CString::default()),
+                    receiving: AtomicU32::new(0),
+                    close_requested: AtomicBool::new(false),
                 });
                 // SAFETY: checked non-null; the caller promises it is writable
                 unsafe { *out = Box::into_raw(s) };
@@ -193,9 +218,9 @@ pub unsafe extern "C" fn mixed_socketanon(
 
 /// # Safety
 /// `s` is NULL or a socket from `mixed_socketanon` not yet closed.
-unsafe fn socket<'a>(s: *mut MixedSocket) -> Option<&'a mut MixedSocket> {
-    // SAFETY: the caller's promise
-    unsafe { s.as_mut() }
+unsafe fn socket<'a>(s: *mut MixedSocket) -> Option<&'a MixedSocket> {
+    // SAFETY: the caller's promise; only shared references are ever made
+    unsafe { s.as_ref() }
 }
 
 /// bindanon: registers the node in the PKI, advertising `bandwidth` packets a second (at
@@ -210,7 +235,7 @@ pub unsafe extern "C" fn mixed_bindanon(s: *mut MixedSocket, bandwidth: f64) -> 
         let Some(s) = (unsafe { socket(s) }) else {
             return MIXED_INVALID_ARGUMENT;
         };
-        match s.client.bind(bandwidth) {
+        match s.with_client(|c| c.bind(bandwidth)) {
             Ok(()) => MIXED_OK,
             Err(e) => s.fail(e),
         }
@@ -229,7 +254,7 @@ pub unsafe extern "C" fn mixed_unbindanon(s: *mut MixedSocket) -> i32 {
         let Some(s) = (unsafe { socket(s) }) else {
             return MIXED_INVALID_ARGUMENT;
         };
-        match s.client.unbind() {
+        match s.with_client(Client::unbind) {
             Ok(()) => MIXED_OK,
             Err(e) => s.fail(e),
         }
@@ -278,7 +303,7 @@ pub unsafe extern "C" fn mixed_sendanon(
             reveal_identity: p.reveal_identity != 0,
             port: p.port,
         };
-        let sent = s.client.send(dest, data, options);
+        let sent = s.with_client(|c| c.send(dest, data, options));
         // SAFETY: NULL or 16 writable bytes, by the caller's promise
         unsafe { s.answer(sent, id_out) }
     })
@@ -314,7 +339,7 @@ pub unsafe extern "C" fn mixed_reply(
                 std::slice::from_raw_parts(data, len),
             )
         };
-        let sent = s.client.reply(handle, port, data);
+        let sent = s.with_client(|c| c.reply(handle, port, data));
         // SAFETY: as in mixed_sendanon
         unsafe { s.answer(sent, id_out) }
     })
@@ -324,24 +349,53 @@ pub unsafe extern "C" fn mixed_reply(
 /// it returns nonzero or `timeout_ms` pass without an event. Returns `MIXED_OK` if at least
 /// one event was delivered, `MIXED_TIMEOUT` if none came.
 ///
+/// The callback may call any function on the same socket (`mixed_reply` to answer the
+/// message it holds, `mixed_sendanon`, ...): the socket is not borrowed while it runs.
+/// `mixed_closeanon` from the callback closes the socket once `recvanon` returns.
+///
 /// # Safety
 /// `s` is NULL or an open socket; `callback` is a valid function; `user` is passed through.
 #[unsafe(no_mangle)]
-#[allow(clippy::disallowed_methods)] // a blocking call with a timeout: the wall clock is its driver
 pub unsafe extern "C" fn mixed_recvanon(
     s: *mut MixedSocket,
     callback: MixedCallback,
     user: *mut c_void,
     timeout_ms: u32,
 ) -> i32 {
-    guard(|| {
+    let code = guard(|| {
         // SAFETY: the caller's promise
-        let Some(s) = (unsafe { socket(s) }) else {
+        let Some(socket) = (unsafe { socket(s) }) else {
             return MIXED_INVALID_ARGUMENT;
         };
         let Some(callback) = callback else {
             return MIXED_INVALID_ARGUMENT;
         };
+        socket.receiving.fetch_add(1, Ordering::AcqRel);
+        let code = receive(socket, callback, user, timeout_ms);
+        socket.receiving.fetch_sub(1, Ordering::AcqRel);
+        code
+    });
+    // SAFETY: NULL or open; freed here only if closeanon was called during the callbacks and
+    // no other recvanon runs on it
+    if let Some(socket) = unsafe { socket(s) }
+        && socket.close_requested.load(Ordering::Acquire)
+        && socket.receiving.load(Ordering::Acquire) == 0
+    {
+        // SAFETY: from Box::into_raw in mixed_socketanon; closeanon deferred the free to us
+        drop(unsafe { Box::from_raw(s) });
+    }
+    code
+}
+
+/// The receive loop of `mixed_recvanon`: the client is locked for each `recv` alone.
+#[allow(clippy::disallowed_methods)] // a blocking call with a timeout: the wall clock is its driver
+fn receive(
+    s: &MixedSocket,
+    callback: unsafe extern "C" fn(event: *const MixedEvent, user: *mut c_void) -> i32,
+    user: *mut c_void,
+    timeout_ms: u32,
+) -> i32 {
+    {
         let timeout = Duration::from_millis(u64::from(timeout_ms));
         let mut delivered = false;
         let mut deadline = Instant::now() + timeout;
@@ -350,7 +404,10 @@ pub unsafe extern "C" fn mixed_recvanon(
             if left.is_zero() {
                 break;
             }
-            let frame = match s.client.recv(left) {
+            if s.close_requested.load(Ordering::Acquire) {
+                break;
+            }
+            let frame = match s.with_client(|c| c.recv(left)) {
                 Ok(f) => f,
                 Err(e) if e.code == Code::Timeout => break,
                 Err(e) => return s.fail(e),
@@ -425,7 +482,7 @@ pub unsafe extern "C" fn mixed_recvanon(
             deadline = Instant::now() + timeout;
         }
         if delivered { MIXED_OK } else { MIXED_TIMEOUT }
-    })
+    }
 }
 
 /// Writes the node's ID (its address for others, 32 bytes) to `out`.
@@ -442,7 +499,7 @@ pub unsafe extern "C" fn mixed_node_id(s: *mut MixedSocket, out: *mut u8) -> i32
         if out.is_null() {
             return MIXED_INVALID_ARGUMENT;
         }
-        let id = s.client.node_id();
+        let id = s.with_client(|c| c.node_id());
         // SAFETY: non-null, 32 writable bytes by the caller's promise
         unsafe { std::ptr::copy_nonoverlapping(id.as_ptr(), out, 32) };
         MIXED_OK
@@ -457,7 +514,13 @@ pub unsafe extern "C" fn mixed_node_id(s: *mut MixedSocket, out: *mut u8) -> i32
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mixed_closeanon(s: *mut MixedSocket) -> i32 {
     guard(|| {
-        if s.is_null() {
+        // SAFETY: NULL or open, by the caller's promise
+        let Some(socket) = (unsafe { socket(s) }) else {
+            return MIXED_OK;
+        };
+        if socket.receiving.load(Ordering::Acquire) > 0 {
+            // from inside a callback: recvanon frees it on its way out
+            socket.close_requested.store(true, Ordering::Release);
             return MIXED_OK;
         }
         // SAFETY: from Box::into_raw in mixed_socketanon, by the caller's promise
@@ -496,7 +559,8 @@ pub extern "C" fn mixed_strerror(code: i32) -> *const c_char {
 pub unsafe extern "C" fn mixed_last_error(s: *const MixedSocket) -> *const c_char {
     // SAFETY: the caller's promise
     match unsafe { s.as_ref() } {
-        Some(s) => s.last_error.as_ptr(),
+        // the CString's heap buffer stays put until the next error replaces it
+        Some(s) => lock(&s.last_error).as_ptr(),
         None => c"".as_ptr(),
     }
 }

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use anon::local::{Client, Code, Frame};
+use local_client::{Client, Code, Frame};
 use node::api::{App, MessengerEvent, PkParams, SendOptions, SocketParams, socketanon};
 use node::demo::{LocalNetwork, LocalOptions};
 use node::{IoChoice, NodeConfig};
