@@ -409,8 +409,6 @@ fn run_core(
     outlets: Outlets,
     metrics: Arc<Metrics>,
 ) {
-    let mut tx_bufs = vec![[0u8; crate::io::BUF_SIZE]; crate::io::BATCH];
-    let mut tx_meta: Vec<(SocketAddr, usize)> = Vec::with_capacity(crate::io::BATCH);
     let mut lateness = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
         .unwrap_or_else(|_| {
             hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_histogram())
@@ -448,30 +446,22 @@ fn run_core(
         if engine.poll_timeout().is_some_and(|t| t <= now) {
             engine.handle_timeout(now);
         }
-        // send what the slots decided, in batches
+        // send what the slots decided, in batches written straight into the backend's
+        // transmit buffers
         loop {
-            tx_meta.clear();
-            while tx_meta.len() < crate::io::BATCH {
-                let i = tx_meta.len();
-                match engine.poll_transmit(&mut tx_bufs[i]) {
-                    Some(t) => {
-                        tx_meta.push((t.to, t.len));
-                        let late = now.saturating_since(t.due).as_nanos() as u64;
-                        let _ = lateness.record(late.max(1));
-                    }
-                    None => break,
+            let sent = io.send_batch(|buf| {
+                let t = engine.poll_transmit(buf)?;
+                let late = now.saturating_since(t.due).as_nanos() as u64;
+                let _ = lateness.record(late.max(1));
+                Some((t.to, t.len))
+            });
+            match sent {
+                Ok(s) if s.filled == 0 => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(core = index, %e, "send failed");
+                    break;
                 }
-            }
-            if tx_meta.is_empty() {
-                break;
-            }
-            let packets: Vec<(SocketAddr, &[u8])> = tx_meta
-                .iter()
-                .zip(tx_bufs.iter())
-                .map(|(&(to, len), b)| (to, &b[..len]))
-                .collect();
-            if let Err(e) = io.send(&packets) {
-                tracing::error!(core = index, %e, "send failed");
             }
         }
         while let Some(event) = engine.poll_event() {

@@ -84,13 +84,27 @@ impl Io {
         }
     }
 
-    /// Sends a batch.
-    pub(crate) fn send(&mut self, packets: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+    /// Fills up to [`BATCH`] of the backend's own transmit buffers through `fill` (one
+    /// datagram each: its destination and length, `None` when there is no more), then sends
+    /// them in one submission. The datagrams are written once, where the kernel reads them.
+    pub(crate) fn send_batch(
+        &mut self,
+        fill: impl FnMut(&mut [u8]) -> Option<(SocketAddr, usize)>,
+    ) -> io::Result<Sent> {
         match self {
-            Io::Uring(u) => u.send(packets),
-            Io::Portable(p) => p.send(packets),
+            Io::Uring(u) => u.send_batch(fill),
+            Io::Portable(p) => p.send_batch(fill),
         }
     }
+}
+
+/// What one [`Io::send_batch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sent {
+    /// Datagrams written into the transmit buffers.
+    pub(crate) filled: usize,
+    /// Datagrams the kernel took.
+    pub(crate) sent: usize,
 }
 
 /// A UDP socket on `addr` with SO_REUSEPORT, so every core can bind the same address.

@@ -10,13 +10,16 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use super::{BATCH, BUF_SIZE, sockaddr_from};
+use super::{BATCH, BUF_SIZE, Sent, sockaddr_from};
 
 /// Receive buffers and the system-call structures that point into them.
 pub(crate) struct PortableIo {
     socket: UdpSocket,
     bufs: Box<[[u8; BUF_SIZE]; BATCH]>,
     lens: [usize; BATCH],
+    /// Transmit buffers, and where each goes and how much of it.
+    tx: Box<[[u8; BUF_SIZE]; BATCH]>,
+    tx_to: Box<[(SocketAddr, usize); BATCH]>,
 }
 
 impl PortableIo {
@@ -26,6 +29,8 @@ impl PortableIo {
             socket,
             bufs: Box::new([[0u8; BUF_SIZE]; BATCH]),
             lens: [0; BATCH],
+            tx: Box::new([[0u8; BUF_SIZE]; BATCH]),
+            tx_to: Box::new([(SocketAddr::from(([0, 0, 0, 0], 0)), 0); BATCH]),
         })
     }
 
@@ -117,58 +122,73 @@ impl PortableIo {
         Ok(n)
     }
 
-    /// Sends datagrams, up to 64 a system call; returns how many the kernel took.
-    pub(crate) fn send(&mut self, packets: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+    /// Fills up to [`BATCH`] of this backend's transmit buffers through `fill` (which
+    /// writes one datagram and says where it goes and how long it is, or `None` when there
+    /// is nothing more), then sends them with one `sendmmsg`. Returns how many were filled
+    /// and how many the kernel took.
+    pub(crate) fn send_batch(
+        &mut self,
+        mut fill: impl FnMut(&mut [u8]) -> Option<(SocketAddr, usize)>,
+    ) -> io::Result<Sent> {
+        let mut filled = 0;
+        while filled < BATCH {
+            let Some((to, len)) = fill(&mut self.tx[filled][..]) else {
+                break;
+            };
+            self.tx_to[filled] = (to, len.min(BUF_SIZE));
+            filled += 1;
+        }
+        if filled == 0 {
+            return Ok(Sent::default());
+        }
+        let mut addrs: [libc::sockaddr_storage; BATCH] =
+            // SAFETY: sockaddr_storage is plain data; zero is valid.
+            unsafe { MaybeUninit::zeroed().assume_init() };
+        let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        // SAFETY: plain C struct, zero is valid.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        for i in 0..filled {
+            let (to, len) = self.tx_to[i];
+            let namelen = sockaddr_from(&to, &mut addrs[i]);
+            iovecs[i].iov_base = self.tx[i].as_mut_ptr().cast();
+            iovecs[i].iov_len = len;
+            msgs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            msgs[i].msg_hdr.msg_namelen = namelen;
+            msgs[i].msg_hdr.msg_iov = &mut iovecs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let mut done = 0;
         let mut sent = 0;
-        for chunk in packets.chunks(BATCH) {
-            let mut addrs: [libc::sockaddr_storage; BATCH] =
-                // SAFETY: sockaddr_storage is plain data; zero is valid.
-                unsafe { MaybeUninit::zeroed().assume_init() };
-            let mut lens = [0 as libc::socklen_t; BATCH];
-            let mut iovecs: [libc::iovec; BATCH] = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; BATCH];
-            // SAFETY: plain C struct, zero is valid.
-            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-            for (i, (to, bytes)) in chunk.iter().enumerate() {
-                lens[i] = sockaddr_from(to, &mut addrs[i]);
-                iovecs[i].iov_base = bytes.as_ptr() as *mut libc::c_void;
-                iovecs[i].iov_len = bytes.len();
-                msgs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-                msgs[i].msg_hdr.msg_namelen = lens[i];
-                msgs[i].msg_hdr.msg_iov = &mut iovecs[i];
-                msgs[i].msg_hdr.msg_iovlen = 1;
-            }
-            let mut done = 0;
-            while done < chunk.len() {
-                // SAFETY: every header points at a live address and a live iovec over a
-                // live buffer (the caller's, only read by the kernel).
-                let n = unsafe {
-                    libc::sendmmsg(
-                        self.socket.as_raw_fd(),
-                        msgs[done..].as_mut_ptr(),
-                        (chunk.len() - done) as u32,
-                        0,
-                    )
-                };
-                if n < 0 {
-                    let e = io::Error::last_os_error();
-                    match e.kind() {
-                        io::ErrorKind::Interrupted => continue,
-                        // a full socket buffer: the rest of this batch is lost, counted
-                        io::ErrorKind::WouldBlock => break,
-                        // one bad destination must not stop the others
-                        _ => {
-                            done += 1;
-                            continue;
-                        }
+        while done < filled {
+            // SAFETY: every header points at a live address and a live iovec over one of our
+            // transmit buffers; sendmmsg is synchronous, so nothing outlives the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.socket.as_raw_fd(),
+                    msgs[done..].as_mut_ptr(),
+                    (filled - done) as u32,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // a full socket buffer: the rest of this batch is lost, counted
+                    io::ErrorKind::WouldBlock => break,
+                    // one bad destination must not stop the others
+                    _ => {
+                        done += 1;
+                        continue;
                     }
                 }
-                done += n as usize;
-                sent += n as usize;
             }
+            done += n as usize;
+            sent += n as usize;
         }
-        Ok(sent)
+        Ok(Sent { filled, sent })
     }
 }

@@ -15,15 +15,17 @@ use std::time::Duration;
 use io_uring::types::{BufRingEntry, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, types};
 
-use super::{BATCH, BUF_SIZE, sockaddr_from};
+use super::{BATCH, BUF_SIZE, Sent, sockaddr_from};
 
 /// Provided receive buffers (a power of two).
 const RING_BUFFERS: u16 = 512;
 /// The buffer group of the receive buffers.
 const BUFFER_GROUP: u16 = 7;
-/// user_data of the multishot receive and of the sends.
+/// user_data of the multishot receive, and the low byte of the sends' (whose upper bits
+/// are the batch's generation).
 const RECV_TAG: u64 = 1;
 const SEND_TAG: u64 = 2;
+const TAG_MASK: u64 = 0xff;
 
 /// The space the kernel writes before each datagram (`io_uring_recvmsg_out`).
 const RECVMSG_OUT: usize = 16;
@@ -81,6 +83,15 @@ pub(crate) struct UringIo {
     send_hdrs: Box<[libc::msghdr; BATCH]>,
     send_iovs: Box<[libc::iovec; BATCH]>,
     send_addrs: Box<[libc::sockaddr_storage; BATCH]>,
+    /// The transmit buffers: BATCH of BUF_SIZE.
+    tx: Box<[u8]>,
+    /// Send entries queued or submitted and not yet completed.
+    in_flight: usize,
+    /// The current batch's generation, and how many of its sends succeeded.
+    generation: u32,
+    batch_sent: usize,
+    /// Tests: fail the submission after this many succeed.
+    fail_submits: Option<usize>,
 }
 
 // SAFETY: the raw pointers point into memory owned by this value; it is moved to its core's
@@ -91,8 +102,14 @@ impl UringIo {
     /// Sets up the ring, registers the buffer ring and arms the multishot receive; any
     /// failure (io_uring refused, an old kernel) is returned so the caller can fall back.
     pub(crate) fn new(socket: UdpSocket) -> io::Result<Self> {
+        Self::with_entries(socket, 1024)
+    }
+
+    /// [`Self::new`] with a submission queue of `entries` (tests use a small one, so a
+    /// batch needs several submissions).
+    pub(crate) fn with_entries(socket: UdpSocket, entries: u32) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
-        let ring = IoUring::builder().build(1024)?;
+        let ring = IoUring::builder().build(entries)?;
         let ring_mem = Mapping::new(RING_BUFFERS as usize * std::mem::size_of::<BufRingEntry>())?;
         let buffers = Mapping::new(RING_BUFFERS as usize * BUF_SIZE)?;
         // SAFETY: `ring_mem` is page aligned, holds RING_BUFFERS entries and lives as long as
@@ -127,6 +144,11 @@ impl UringIo {
             ),
             // SAFETY: plain C data, zero is valid.
             send_addrs: Box::new(unsafe { MaybeUninit::zeroed().assume_init() }),
+            tx: vec![0u8; BATCH * BUF_SIZE].into_boxed_slice(),
+            in_flight: 0,
+            generation: 0,
+            batch_sent: 0,
+            fail_submits: None,
         };
         for bid in 0..RING_BUFFERS {
             io.provide(bid);
@@ -271,65 +293,216 @@ impl UringIo {
         Ok(n)
     }
 
-    /// Moves every receive completion into the stash (sends are reaped in `send`).
+    /// Moves every receive completion into the stash (and accounts for sends).
     fn reap(&mut self) {
-        for cqe in self.ring.completion() {
-            if cqe.user_data() == RECV_TAG {
-                if !cqueue::more(cqe.flags()) {
-                    self.armed = false;
-                }
-                self.stash.push_back((cqe.result(), cqe.flags()));
+        self.reap_all();
+    }
+
+    /// Fills up to [`BATCH`] of this backend's transmit buffers through `fill`, then sends
+    /// them as one submission of `sendmsg` entries and waits for their completions. Returns
+    /// how many were filled and how many the kernel sent.
+    ///
+    /// The entries point at the transmit buffers, headers and addresses owned by `self`,
+    /// never at the caller's memory. They are written only when no send is in flight: a
+    /// batch whose submission or wait failed part way (an error, a signal) stays in flight,
+    /// and the next call first waits for it; a completion of an earlier batch (its
+    /// generation in the user data) is never counted as this one's.
+    pub(crate) fn send_batch(
+        &mut self,
+        mut fill: impl FnMut(&mut [u8]) -> Option<(SocketAddr, usize)>,
+    ) -> io::Result<Sent> {
+        // the buffers may be written only once the kernel is done with them
+        self.drain_sends()?;
+        let mut filled = 0;
+        while filled < BATCH {
+            let buf = &mut self.tx[filled * BUF_SIZE..(filled + 1) * BUF_SIZE];
+            let Some((to, len)) = fill(buf) else {
+                break;
+            };
+            let len = len.min(BUF_SIZE);
+            let namelen = sockaddr_from(&to, &mut self.send_addrs[filled]);
+            self.send_iovs[filled].iov_base = buf.as_mut_ptr().cast();
+            self.send_iovs[filled].iov_len = len;
+            let hdr = &mut self.send_hdrs[filled];
+            hdr.msg_name = (&mut self.send_addrs[filled] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = namelen;
+            hdr.msg_iov = &mut self.send_iovs[filled];
+            hdr.msg_iovlen = 1;
+            filled += 1;
+        }
+        if filled == 0 {
+            return Ok(Sent::default());
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.batch_sent = 0;
+        let user_data = send_tag(self.generation);
+        for i in 0..filled {
+            let entry = opcode::SendMsg::new(
+                types::Fd(self.socket.as_raw_fd()),
+                &self.send_hdrs[i] as *const libc::msghdr,
+            )
+            .build()
+            .user_data(user_data);
+            // SAFETY: the header, its address and iovec, and the buffer it points at are
+            // owned by self and not written again until every entry of this generation has
+            // completed (`drain_sends` at the next call, and on drop).
+            while unsafe { self.ring.submission().push(&entry) }.is_err() {
+                // the queue is full: hand the kernel what is queued, then go on
+                self.submit(0)?;
+            }
+            self.in_flight += 1;
+        }
+        self.drain_sends()?;
+        Ok(Sent {
+            filled,
+            sent: self.batch_sent,
+        })
+    }
+
+    /// Submits what is queued and waits for `want` completions, retrying on a signal. With
+    /// fault injection armed (tests), fails as told instead.
+    fn submit(&mut self, want: usize) -> io::Result<()> {
+        if let Some(n) = self.fail_submits.as_mut() {
+            if *n == 0 {
+                self.fail_submits = None;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            *n -= 1;
+        }
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // completions to reap first
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// Sends datagrams as one batch of `sendmsg` entries; returns how many completed.
-    pub(crate) fn send(&mut self, packets: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
-        let mut sent = 0;
-        for chunk in packets.chunks(BATCH) {
-            for (i, (to, bytes)) in chunk.iter().enumerate() {
-                let len = sockaddr_from(to, &mut self.send_addrs[i]);
-                self.send_iovs[i].iov_base = bytes.as_ptr() as *mut libc::c_void;
-                self.send_iovs[i].iov_len = bytes.len();
-                let hdr = &mut self.send_hdrs[i];
-                hdr.msg_name = (&mut self.send_addrs[i] as *mut libc::sockaddr_storage).cast();
-                hdr.msg_namelen = len;
-                hdr.msg_iov = &mut self.send_iovs[i];
-                hdr.msg_iovlen = 1;
-                let entry = opcode::SendMsg::new(
-                    types::Fd(self.socket.as_raw_fd()),
-                    &self.send_hdrs[i] as *const libc::msghdr,
-                )
-                .build()
-                .user_data(SEND_TAG);
-                // SAFETY: the header, address and iovec live in self until the completions
-                // are reaped below; the caller's bytes are borrowed for this call.
-                unsafe {
-                    while self.ring.submission().push(&entry).is_err() {
-                        self.ring.submit()?;
-                    }
-                }
+    /// Waits until no send is in flight, reaping send completions (counting those of the
+    /// current generation) and stashing receive completions for the next receive.
+    fn drain_sends(&mut self) -> io::Result<()> {
+        while self.in_flight > 0 {
+            self.reap_all();
+            if self.in_flight == 0 {
+                break;
             }
-            // wait for this chunk's completions: the headers are reused by the next chunk
-            let mut pending = chunk.len();
-            while pending > 0 {
-                self.ring.submit_and_wait(1)?;
-                for cqe in self.ring.completion() {
-                    if cqe.user_data() == SEND_TAG {
-                        pending -= 1;
-                        if cqe.result() >= 0 {
-                            sent += 1;
-                        }
-                    } else {
-                        // a datagram arrived meanwhile: keep it for the next receive
-                        if !cqueue::more(cqe.flags()) {
-                            self.armed = false;
-                        }
-                        self.stash.push_back((cqe.result(), cqe.flags()));
-                    }
+            self.submit(1)?;
+        }
+        Ok(())
+    }
+
+    /// Takes every completion: sends are matched to their generation, receives stashed.
+    fn reap_all(&mut self) {
+        let current = send_tag(self.generation);
+        for cqe in self.ring.completion() {
+            let data = cqe.user_data();
+            if data == RECV_TAG {
+                if !cqueue::more(cqe.flags()) {
+                    self.armed = false;
+                }
+                self.stash.push_back((cqe.result(), cqe.flags()));
+            } else if data & TAG_MASK == SEND_TAG {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                if data == current && cqe.result() >= 0 {
+                    self.batch_sent += 1;
                 }
             }
         }
-        Ok(sent)
+    }
+
+    /// Sends in flight (submitted or queued, not completed).
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+/// The user data of a send of `generation`.
+fn send_tag(generation: u32) -> u64 {
+    (u64::from(generation) << 8) | SEND_TAG
+}
+
+impl Drop for UringIo {
+    fn drop(&mut self) {
+        // the kernel must be done with our buffers before they are freed; a ring that
+        // cannot even wait is torn down by the kernel on close, cancelling what is left
+        self.fail_submits = None;
+        let _ = self.drain_sends();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// Batch `tag`'s packet `i`: 100 bytes of `tag + i`.
+    fn packet(tag: u8, i: usize) -> Vec<u8> {
+        vec![tag + i as u8; 100]
+    }
+
+    #[test]
+    fn a_submission_failing_part_way_reuses_no_buffer_in_flight() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // a queue of 4 entries: a batch of 10 needs three submissions
+        let mut io = UringIo::with_entries(tx, 4)
+            .expect("io_uring must be available on this machine for this test");
+        // batch A: the second submission fails, with four entries submitted and four queued
+        io.fail_submits = Some(1);
+        let mut next = 0;
+        let a = io.send_batch(|buf| {
+            (next < 10).then(|| {
+                let p = packet(0xa0, next);
+                buf[..p.len()].copy_from_slice(&p);
+                next += 1;
+                (to, p.len())
+            })
+        });
+        assert!(a.is_err(), "the injected failure is reported");
+        assert_eq!(io.in_flight(), 8, "what was queued stays in flight");
+        // batch B: must not touch A's buffers until A's sends completed, nor count them
+        let mut next = 0;
+        let b = io
+            .send_batch(|buf| {
+                (next < 10).then(|| {
+                    let p = packet(0xb0, next);
+                    buf[..p.len()].copy_from_slice(&p);
+                    next += 1;
+                    (to, p.len())
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            b,
+            Sent {
+                filled: 10,
+                sent: 10
+            },
+            "only B's completions count"
+        );
+        assert_eq!(io.in_flight(), 0);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = rx.recv(&mut buf) {
+            assert_eq!(n, 100);
+            assert!(
+                buf[..n].iter().all(|&b| b == buf[0]),
+                "a datagram of mixed bytes"
+            );
+            got.push(buf[0]);
+        }
+        got.sort();
+        let mut want: Vec<u8> = (0..8).map(|i| packet(0xa0, i)[0]).collect();
+        want.extend((0..10).map(|i| packet(0xb0, i)[0]));
+        assert_eq!(
+            got, want,
+            "A's eight entries went out with A's bytes, then B's ten, each once"
+        );
     }
 }
