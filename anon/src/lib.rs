@@ -2,8 +2,8 @@
 //! the paper): the [`Messenger`] turns whole messages of up to 1 MiB into RaptorQ-coded
 //! packets with redundancy from the binomial model, acknowledges them through SURBs,
 //! repairs them on NACK or timeout, and tells the application when a recipient seems
-//! offline. It is sans-IO, like the engine it sits on; [`testnet`] drives it on the
-//! deterministic test network, the node's runtime on real sockets.
+//! offline. It is sans-IO, like the engine it sits on; the `stack` crate glues the two,
+//! for the deterministic test network and the node's runtime alike.
 
 #![forbid(unsafe_code)]
 
@@ -12,7 +12,6 @@ pub mod identity;
 pub mod latency;
 pub mod local;
 pub mod messenger;
-pub mod testnet;
 pub mod wire;
 
 pub use messenger::{

@@ -13,11 +13,11 @@ use anon::coding::{ObjectDecoder, ObjectEncoder};
 use anon::{Messenger, MessengerConfig, SendOptions};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::Event;
-use engine::sim::{LinkModel, Sim, params};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use raptorq::{Decoder, Encoder, EncodingPacket, ObjectTransmissionInformation};
 use scheduler::Timestamp;
+use stack::sim::{LinkModel, Sim, params};
 
 /// The symbol size of a 1,452-byte packet: 1,087 bytes of plaintext less the 26-byte symbol
 /// header, aligned to 8.
@@ -112,7 +112,7 @@ fn coding(c: &mut Criterion) {
 
 /// A messenger of a node of a small simulated network (one attempt, so that a message is
 /// forgotten at its timeout), and the peer it sends to.
-fn messengers() -> (Sim, Messenger, Messenger) {
+fn messengers() -> (Sim<stack::Raw>, Messenger, Messenger) {
     let sim = Sim::new(6, 1, params(3), 1000.0, LinkModel::PERFECT);
     let make = |i: usize| {
         let config = MessengerConfig {
@@ -120,7 +120,7 @@ fn messengers() -> (Sim, Messenger, Messenger) {
             ..MessengerConfig::default()
         };
         let mut m = Messenger::new(sim.nodes[i].identity.clone(), config, [i as u8; 32]);
-        m.set_paths(sim.nodes[i].engine.paths().unwrap());
+        m.set_paths(sim.nodes[i].engine().paths().unwrap());
         m
     };
     let (a, b) = (make(0), make(3));

@@ -1,7 +1,7 @@
 //! The engine of a mixed node, sans-IO (after quinn-proto): unwrap, replay check, hold for
 //! the sender's delay, forward through the constant-rate emission of Algorithm 2, loops
-//! that measure the network, deliveries to the layer above. The io_uring runtime and the
-//! deterministic test network ([`sim`]) are two drivers of the same engine.
+//! that measure the network, deliveries to the layer above. It runs inside the `stack`
+//! crate's `Stack`, which the node's runtime and the deterministic test network drive.
 
 #![forbid(unsafe_code)]
 
@@ -12,7 +12,6 @@ pub mod loops;
 pub mod paths;
 pub mod pool;
 pub mod replay;
-pub mod sim;
 
 pub use counters::{Counters, DropReason, OutCategory};
 pub use engine::{Engine, EngineConfig, EpochKeys, Event, InstallError, SendError, Transmit};

@@ -1,7 +1,8 @@
-//! A deterministic test network: many engines in one process, virtual time, and links that
-//! delay, lose, duplicate, replay and tamper with datagrams, all drawn from one seed. The
-//! same seed replays a run bit for bit, so a failing seed is a reproducible bug report
-//! (after TigerBeetle's VOPR).
+//! A deterministic test network: many [`Stack`]s in one process, virtual time, and links
+//! that delay, lose, duplicate, replay and tamper with datagrams, all drawn from one seed.
+//! The same seed replays a run bit for bit, so a failing seed is a reproducible bug report
+//! (after TigerBeetle's VOPR). It drives each node's stack through the same contract as the
+//! node's runtime: `Sim<Raw>` for engines alone, [`MessageNet`] for messengers on them.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,8 +19,10 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use scheduler::Timestamp;
 
-use crate::engine::{Engine, EngineConfig, EpochKeys, Event};
-use crate::replay::ReplayFilter;
+use anon::{Messenger, MessengerConfig};
+use engine::{Engine, EngineConfig, EpochKeys, ReplayFilter};
+
+use crate::{Raw, Stack, Upper};
 
 /// What the links do to datagrams. Probabilities are per datagram.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,24 +74,34 @@ type InFlight = (Timestamp, u64, usize, Vec<u8>);
 
 /// One node of the network.
 #[derive(Debug)]
-pub struct SimNode {
-    /// Its engine.
-    pub engine: Engine,
+pub struct SimNode<U: Upper> {
+    /// Its stack.
+    pub stack: Stack<U>,
     /// Its address.
     pub addr: SocketAddr,
     /// Its identity.
     pub identity: IdentitySecret,
     /// Events it produced, in order.
-    pub events: Vec<(Timestamp, Event)>,
+    pub events: Vec<(Timestamp, U::Event)>,
 }
+
+impl<U: Upper> SimNode<U> {
+    /// Its engine.
+    pub fn engine(&self) -> &Engine {
+        self.stack.engine()
+    }
+}
+
+/// Messengers on the network: what the message tests run.
+pub type MessageNet = Sim<Messenger>;
 
 /// The network.
 #[derive(Debug)]
-pub struct Sim {
+pub struct Sim<U: Upper> {
     /// Virtual time.
     pub now: Timestamp,
     /// The nodes.
-    pub nodes: Vec<SimNode>,
+    pub nodes: Vec<SimNode<U>>,
     /// The consensus they share.
     pub consensus: Arc<VerifiedConsensus>,
     /// The links.
@@ -123,10 +136,63 @@ pub fn params(hops: u8) -> NetworkParams {
     }
 }
 
-impl Sim {
-    /// `n` nodes emitting `rate` packets a second each, under `params`, on links `link`.
+impl Sim<Raw> {
+    /// `n` engines emitting `rate` packets a second each, under `params`, on links `link`.
     /// Everything random comes from `seed`.
-    pub fn new(n: usize, seed: u64, params: NetworkParams, rate: f64, link: LinkModel) -> Sim {
+    pub fn new(n: usize, seed: u64, params: NetworkParams, rate: f64, link: LinkModel) -> Self {
+        Sim::build(n, seed, params, rate, link, |_, _| Raw::default())
+    }
+}
+
+impl Sim<Messenger> {
+    /// `n` nodes with a messenger each (own data at rho * B / h), as [`Sim::new`].
+    pub fn messengers(
+        n: usize,
+        seed: u64,
+        params: NetworkParams,
+        rate: f64,
+        link: LinkModel,
+    ) -> Self {
+        let own_rate =
+            f64::from(params.rho_permille) / 1000.0 * rate / f64::from(params.hops.max(1));
+        Sim::build(n, seed, params, rate, link, |identity, seed| {
+            let config = MessengerConfig {
+                own_rate,
+                ..MessengerConfig::default()
+            };
+            Messenger::new(identity.clone(), config, seed)
+        })
+    }
+
+    /// Node `i`'s messenger.
+    pub fn messenger(&mut self, i: usize) -> &mut Messenger {
+        self.nodes[i].stack.upper_mut()
+    }
+
+    /// Replaces node `i`'s messenger with one of `config` (seeded from the network).
+    pub fn reconfigure(&mut self, i: usize, config: MessengerConfig) {
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let mut m = Messenger::new(self.nodes[i].identity.clone(), config, seed);
+        if let Some(p) = self.nodes[i].stack.engine().paths() {
+            m.set_paths(p);
+        }
+        *self.nodes[i].stack.upper_mut() = m;
+    }
+}
+
+impl<U: Upper> Sim<U> {
+    /// `n` nodes emitting `rate` packets a second each, under `params`, on links `link`,
+    /// each with the upper layer `make(identity, seed)` gives. Everything random comes from
+    /// `seed`.
+    pub fn build(
+        n: usize,
+        seed: u64,
+        params: NetworkParams,
+        rate: f64,
+        link: LinkModel,
+        mut make: impl FnMut(&IdentitySecret, [u8; 32]) -> U,
+    ) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let authority = IdentitySecret::generate(&mut rng);
         let mut identities = Vec::new();
@@ -182,21 +248,24 @@ impl Sim {
             let mut config = EngineConfig::new(identity.public().node_id(), rate);
             // loops take tens of milliseconds here: decide their fate quickly
             config.loop_timeout = Duration::from_secs(2);
-            let mut engine = match Engine::new(config, seed) {
+            let engine = match Engine::new(config, seed) {
                 Ok(e) => e,
                 Err(e) => unreachable_consensus(e),
             };
+            let mut upper_seed = [0u8; 32];
+            rng.fill_bytes(&mut upper_seed);
+            let mut stack = Stack::new(engine, make(&identity, upper_seed));
             let keys = EpochKeys {
                 consensus: Arc::clone(&verified),
                 secret: mix,
                 replay: Arc::new(ReplayFilter::new(1 << 20)),
             };
-            if let Err(e) = engine.install_epoch(keys, Timestamp::ZERO) {
+            if let Err(e) = stack.install_epoch(keys, Timestamp::ZERO) {
                 unreachable_consensus(e);
             }
             by_addr.insert(addr, i);
             nodes.push(SimNode {
-                engine,
+                stack,
                 addr,
                 identity,
                 events: Vec::new(),
@@ -217,6 +286,11 @@ impl Sim {
             buf: vec![0u8; 65_536],
             down: vec![false; n],
         }
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> Timestamp {
+        self.now
     }
 
     /// Node `i`'s ID.
@@ -291,7 +365,7 @@ impl Sim {
                 .iter()
                 .zip(&self.down)
                 .filter(|(_, down)| !**down)
-                .filter_map(|(n, _)| n.engine.poll_timeout())
+                .filter_map(|(n, _)| n.stack.poll_timeout())
                 .min();
             let Some(next) = [next_arrival, next_timer].into_iter().flatten().min() else {
                 self.now = until;
@@ -333,12 +407,12 @@ impl Sim {
                 .iter()
                 .map(|(_, b)| b.clone())
                 .collect();
-            self.nodes[to].engine.handle_datagrams(now, &mut batch);
+            self.nodes[to].stack.handle_datagrams(now, &mut batch);
             start = end;
         }
         for (node, _) in self.nodes.iter_mut().zip(&self.down).filter(|(_, d)| !**d) {
-            if node.engine.poll_timeout().is_some_and(|t| t <= now) {
-                node.engine.handle_timeout(now);
+            if node.stack.poll_timeout().is_some_and(|t| t <= now) {
+                node.stack.handle_timeout(now);
             }
         }
         let mut out = Vec::new();
@@ -346,14 +420,14 @@ impl Sim {
             if self.down[i] {
                 continue;
             }
-            while let Some(t) = node.engine.poll_transmit(&mut self.buf) {
+            while let Some(t) = node.stack.poll_transmit(&mut self.buf) {
                 trace(&mut self.trace, &now.as_nanos().to_le_bytes());
                 trace(&mut self.trace, &(i as u64).to_le_bytes());
                 trace(&mut self.trace, t.to.to_string().as_bytes());
                 trace(&mut self.trace, &self.buf[..t.len]);
                 out.push((i, t.to, self.buf[..t.len].to_vec()));
             }
-            while let Some(e) = node.engine.poll_event() {
+            while let Some(e) = node.stack.poll_event() {
                 trace(&mut self.trace, format!("{i} {e:?}").as_bytes());
                 node.events.push((now, e));
             }

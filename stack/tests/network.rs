@@ -6,15 +6,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use engine::sim::{LinkModel, Sim, params};
 use engine::{DropReason, Event};
 use scheduler::Timestamp;
+use stack::sim::{LinkModel, Sim, params};
 
 fn at(seconds: f64) -> Timestamp {
     Timestamp::from_nanos((seconds * 1e9) as u64)
 }
 
-fn delivered(sim: &Sim) -> HashMap<[u8; 16], (usize, Vec<u8>)> {
+fn delivered(sim: &Sim<stack::Raw>) -> HashMap<[u8; 16], (usize, Vec<u8>)> {
     let mut out = HashMap::new();
     for (i, node) in sim.nodes.iter().enumerate() {
         for (_, e) in &node.events {
@@ -46,7 +46,8 @@ fn twenty_nodes_deliver_every_message_over_three_hops() {
             let payload = format!("message {round} from {from} to {to}").into_bytes();
             let dest = sim.node_id(to);
             let id = sim.nodes[from]
-                .engine
+                .stack
+                .engine_mut()
                 .send_message(dest, &payload)
                 .unwrap_or_else(|e| panic!("seed {seed}: send: {e}"));
             sent.insert(id, (to, payload));
@@ -65,7 +66,7 @@ fn twenty_nodes_deliver_every_message_over_three_hops() {
         assert_eq!(got.get(id), Some(want), "seed {seed}");
     }
     for node in &sim.nodes {
-        let c = node.engine.counters();
+        let c = node.engine().counters();
         assert_eq!(c.drops(DropReason::ForwardBudget), 0, "seed {seed}: {c:?}");
         assert!(
             c.loops_returned > 0 && c.cover_received > 0,
@@ -85,7 +86,7 @@ fn with_five_percent_loss_per_link_loops_return_at_the_expected_rate() {
     sim.run_until(at(60.0));
     let (mut returned, mut lost, mut budget_drops) = (0, 0, 0);
     for node in &sim.nodes {
-        let c = node.engine.counters();
+        let c = node.engine().counters();
         returned += c.loops_returned;
         lost += c.loops_lost;
         budget_drops += c.drops(DropReason::ForwardBudget) + c.drops(DropReason::ForwardQueueFull);
@@ -123,7 +124,11 @@ fn replays_and_tampered_packets_are_dropped_and_counted() {
         for k in 0..5 {
             let to = (from + 1 + k) % 10;
             let dest = sim.node_id(to);
-            sim.nodes[from].engine.send_message(dest, b"hello").unwrap();
+            sim.nodes[from]
+                .stack
+                .engine_mut()
+                .send_message(dest, b"hello")
+                .unwrap();
             sent += 1;
         }
     }
@@ -135,7 +140,7 @@ fn replays_and_tampered_packets_are_dropped_and_counted() {
     );
     let mut total = engine::Counters::default();
     for node in &sim.nodes {
-        total.add(node.engine.counters());
+        total.add(node.engine().counters());
     }
     assert!(
         total.drops(DropReason::Replay) > 100,
@@ -170,14 +175,18 @@ fn a_node_emits_the_same_packets_idle_and_at_its_maximum_own_rate() {
             t += 0.05;
             if busy {
                 // keep node 0's own queue full
-                while sim.nodes[0].engine.own_queued() < 32 {
-                    sim.nodes[0].engine.send_message(dest, b"busy").unwrap();
+                while sim.nodes[0].engine().own_queued() < 32 {
+                    sim.nodes[0]
+                        .stack
+                        .engine_mut()
+                        .send_message(dest, b"busy")
+                        .unwrap();
                 }
             }
             sim.run_until(at(t));
-            departures.push(sim.nodes[0].engine.counters().total_sent());
+            departures.push(sim.nodes[0].engine().counters().total_sent());
         }
-        (sim.nodes[0].engine.counters().clone(), departures)
+        (sim.nodes[0].engine().counters().clone(), departures)
     };
     let (idle, idle_departures) = run(false);
     let (busy, busy_departures) = run(true);
@@ -209,7 +218,7 @@ fn garbage_and_wrong_sizes_are_counted_never_crash() {
     sim.inject(1, vec![0u8; 1452]);
     sim.inject(1, vec![0xff; 1452]);
     sim.run_until(at(1.0));
-    let c = sim.nodes[1].engine.counters();
+    let c = sim.nodes[1].engine().counters();
     assert_eq!(c.drops(DropReason::WrongSize), 8, "seed {seed}: {c:?}");
     assert!(
         c.drops(DropReason::HeaderMac) + c.drops(DropReason::LowOrderAlpha) >= 2,
@@ -223,7 +232,7 @@ fn packets_built_in_a_batch_arrive_and_a_bad_item_fails_alone() {
     let seed = 8;
     let mut sim = Sim::new(8, seed, params(3), 100.0, LinkModel::PERFECT);
     sim.run_until(at(0.2));
-    let paths = sim.nodes[0].engine.paths().unwrap();
+    let paths = sim.nodes[0].engine().paths().unwrap();
     let texts: Vec<Vec<u8>> = (0..5)
         .map(|i| format!("batched {i}").into_bytes())
         .collect();

@@ -11,27 +11,26 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anon::testnet::TestNet;
 use anon::{MessageError, MessengerEvent, SendOptions};
-use engine::sim::{LinkModel, params};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use scheduler::Timestamp;
+use stack::sim::{LinkModel, MessageNet, params};
 
 fn at(seconds: f64) -> Timestamp {
     Timestamp::from_nanos((seconds * 1e9) as u64)
 }
 
 /// Every message received, by ID: (node, data).
-fn received(net: &TestNet) -> HashMap<[u8; 16], (usize, Vec<u8>)> {
+fn received(net: &MessageNet) -> HashMap<[u8; 16], (usize, Vec<u8>)> {
     let mut out = HashMap::new();
-    for (i, events) in net.events.iter().enumerate() {
+    for (i, events) in net.nodes.iter().map(|n| &n.events).enumerate() {
         for (_, e) in events {
             if let MessengerEvent::Received(r) = e {
                 assert!(
                     out.insert(r.id, (i, r.data.clone())).is_none(),
                     "seed {}: a message delivered twice",
-                    net.sim.seed
+                    net.seed
                 );
             }
         }
@@ -46,7 +45,7 @@ fn thousand_messages(seed: u64, loss: f64) {
         ..LinkModel::PERFECT
     };
     let nodes = 12;
-    let mut net = TestNet::new(nodes, seed, params(3), 200.0, link);
+    let mut net = MessageNet::messengers(nodes, seed, params(3), 200.0, link);
     // loops measure q first
     let warmup = 8.0;
     net.run_until(at(warmup));
@@ -63,7 +62,8 @@ fn thousand_messages(seed: u64, loss: f64) {
             rng.fill_bytes(&mut data);
             let dest = net.node_id(to);
             let now = net.now();
-            let id = net.messengers[from]
+            let id = net
+                .messenger(from)
                 .send(now, dest, &data, SendOptions::default())
                 .unwrap_or_else(|e| panic!("seed {seed}: send: {e}"));
             k_total += (len + anon::Messenger::object_overhead(0)).div_ceil(1056);
@@ -78,7 +78,7 @@ fn thousand_messages(seed: u64, loss: f64) {
         .filter(|(id, want)| got.get(*id) == Some(*want))
         .count();
     let mut c = anon::MessengerCounters::default();
-    for m in &net.messengers {
+    for m in net.nodes.iter().map(|n| n.stack.upper()) {
         let x = m.counters();
         c.symbols_sent += x.symbols_sent;
         c.retries += x.retries;
@@ -89,15 +89,15 @@ fn thousand_messages(seed: u64, loss: f64) {
         c.malformed += x.malformed;
     }
     let acked: usize = net
-        .events
+        .nodes
         .iter()
-        .flatten()
+        .flat_map(|n| &n.events)
         .filter(|(_, e)| matches!(e, MessengerEvent::Acknowledged { .. }))
         .count();
-    let q = net.messengers[0].q(3);
+    let q = net.messenger(0).q(3);
     let mut engines = engine::Counters::default();
-    for n in &net.sim.nodes {
-        engines.add(n.engine.counters());
+    for n in &net.nodes {
+        engines.add(n.engine().counters());
     }
     let budget_drops = engines.drops(engine::DropReason::ForwardBudget)
         + engines.drops(engine::DropReason::ForwardQueueFull);
@@ -137,13 +137,14 @@ fn a_mebibyte_arrives_intact_through_reordering_and_duplication() {
         loss: 0.02,
         ..LinkModel::PERFECT
     };
-    let mut net = TestNet::new(6, seed, params(3), 2000.0, link);
+    let mut net = MessageNet::messengers(6, seed, params(3), 2000.0, link);
     net.run_until(at(3.0));
     let mut data = vec![0u8; 1 << 20];
     ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut data);
     let dest = net.node_id(4);
     let now = net.now();
-    let id = net.messengers[1]
+    let id = net
+        .messenger(1)
         .send(now, dest, &data, SendOptions::default())
         .unwrap();
     net.run_until(at(30.0));
@@ -153,56 +154,55 @@ fn a_mebibyte_arrives_intact_through_reordering_and_duplication() {
         got.get(&id).is_some_and(|(_, d)| *d == data),
         "seed {seed}: corrupt"
     );
-    assert!(
-        net.sim.stats.duplicated > 50,
-        "seed {seed}: {:?}",
-        net.sim.stats
-    );
-    let acked = net.events[1]
+    assert!(net.stats.duplicated > 50, "seed {seed}: {:?}", net.stats);
+    let acked = net.nodes[1]
+        .events
         .iter()
         .any(|(_, e)| matches!(e, MessengerEvent::Acknowledged { id: a, .. } if *a == id));
     assert!(acked, "seed {seed}: no ACK");
-    let ignored = net.messengers[4].counters().symbols_ignored;
+    let ignored = net.messenger(4).counters().symbols_ignored;
     eprintln!("seed {seed}: 1 MiB delivered; {ignored} duplicate or late symbols ignored");
 }
 
 #[test]
 fn an_offline_recipient_is_reported_after_three_attempts_within_the_bound() {
     let seed = 14;
-    let mut net = TestNet::new(8, seed, params(3), 200.0, LinkModel::PERFECT);
+    let mut net = MessageNet::messengers(8, seed, params(3), 200.0, LinkModel::PERFECT);
     net.run_until(at(10.0));
-    net.offline[5] = true;
+    net.set_down(5, true);
     net.run_until(at(10.1));
     let dest = net.node_id(5);
     let data = vec![7u8; 5000];
     let now = net.now();
-    let bound = net.messengers[2]
+    let bound = net
+        .messenger(2)
         .offline_bound(data.len(), &SendOptions::default())
         .unwrap();
-    let id = net.messengers[2]
+    let id = net
+        .messenger(2)
         .send(now, dest, &data, SendOptions::default())
         .unwrap();
     net.run_until(now.saturating_add(bound + Duration::from_secs(5)));
-    let offline_at = net.events[2].iter().find_map(|(t, e)| match e {
+    let offline_at = net.nodes[2].events.iter().find_map(|(t, e)| match e {
         MessengerEvent::Offline { id: o } if *o == id => Some(*t),
         _ => None,
     });
     let Some(t) = offline_at else {
         panic!(
             "seed {seed}: no offline report within {bound:?}: {:?}",
-            net.events[2]
+            net.nodes[2].events
         );
     };
     let took = t.saturating_since(now);
     eprintln!("seed {seed}: offline reported after {took:?} (bound {bound:?})");
     assert!(took <= bound, "seed {seed}: {took:?} > {bound:?}");
-    assert_eq!(net.messengers[2].counters().retries, 2, "seed {seed}");
+    assert_eq!(net.messenger(2).counters().retries, 2, "seed {seed}");
 }
 
 #[test]
 fn replies_travel_through_surbs_and_a_revealed_sender_is_verified() {
     let seed = 15;
-    let mut net = TestNet::new(8, seed, params(3), 200.0, LinkModel::PERFECT);
+    let mut net = MessageNet::messengers(8, seed, params(3), 200.0, LinkModel::PERFECT);
     net.run_until(at(2.0));
     let (a, b) = (1, 6);
     let options = SendOptions {
@@ -213,11 +213,13 @@ fn replies_travel_through_surbs_and_a_revealed_sender_is_verified() {
     };
     let now = net.now();
     let dest = net.node_id(b);
-    let id = net.messengers[a]
+    let id = net
+        .messenger(a)
         .send(now, dest, b"who goes there?", options)
         .unwrap();
     net.run_until(at(6.0));
-    let r = net.events[b]
+    let r = net.nodes[b]
+        .events
         .iter()
         .find_map(|(_, e)| match e {
             MessengerEvent::Received(r) if r.id == id => Some(r.clone()),
@@ -233,20 +235,21 @@ fn replies_travel_through_surbs_and_a_revealed_sender_is_verified() {
     let mut handle = r.reply.unwrap();
     assert_eq!(handle.surbs(), 8);
     let answer = vec![42u8; 3000];
-    net.messengers[b].reply(&mut handle, &answer, 7).unwrap();
+    net.messenger(b).reply(&mut handle, &answer, 7).unwrap();
     net.run_until(at(10.0));
-    let reply = net.events[a].iter().find_map(|(_, e)| match e {
+    let reply = net.nodes[a].events.iter().find_map(|(_, e)| match e {
         MessengerEvent::Received(r) if r.in_reply_to == Some(id) => Some(r.data.clone()),
         _ => None,
     });
     assert_eq!(reply.as_deref(), Some(&answer[..]), "seed {seed}");
     // an anonymous message carries no sender
     let now = net.now();
-    let id2 = net.messengers[a]
+    let id2 = net
+        .messenger(a)
         .send(now, dest, b"anonymous", SendOptions::default())
         .unwrap();
     net.run_until(at(14.0));
-    let anon = net.events[b].iter().find_map(|(_, e)| match e {
+    let anon = net.nodes[b].events.iter().find_map(|(_, e)| match e {
         MessengerEvent::Received(r) if r.id == id2 => Some(r.sender),
         _ => None,
     });
@@ -256,10 +259,10 @@ fn replies_travel_through_surbs_and_a_revealed_sender_is_verified() {
 #[test]
 fn bad_requests_are_clear_errors() {
     let seed = 16;
-    let mut net = TestNet::new(5, seed, params(3), 100.0, LinkModel::PERFECT);
+    let mut net = MessageNet::messengers(5, seed, params(3), 100.0, LinkModel::PERFECT);
     let now = net.now();
     let dest = net.node_id(3);
-    let m = &mut net.messengers[0];
+    let m = net.messenger(0);
     let max = m.max_message();
     assert_eq!(
         m.send(now, dest, &vec![0u8; max + 1], SendOptions::default()),
@@ -319,7 +322,7 @@ fn short_first_attempts_are_repaired_after_nacks() {
         loss: 0.10,
         ..LinkModel::PERFECT
     };
-    let mut net = TestNet::new(6, seed, params(3), 400.0, link);
+    let mut net = MessageNet::messengers(6, seed, params(3), 400.0, link);
     net.run_until(at(5.0));
     // no redundancy: about a quarter of the symbols are lost, decoding falls short; each
     // attempt's NACK SURBs arrive with probability q, so over four messages NACKs flow
@@ -333,7 +336,7 @@ fn short_first_attempts_are_repaired_after_nacks() {
         let mut data = vec![0u8; 40_000];
         ChaCha20Rng::seed_from_u64(seed + m).fill_bytes(&mut data);
         let now = net.now();
-        let id = net.messengers[0].send(now, dest, &data, options).unwrap();
+        let id = net.messenger(0).send(now, dest, &data, options).unwrap();
         sent.push((id, data));
     }
     net.run_until(at(40.0));
@@ -343,7 +346,7 @@ fn short_first_attempts_are_repaired_after_nacks() {
             got.get(id).is_some_and(|(i, d)| *i == 3 && d == data),
             "seed {seed}"
         );
-        let attempts = net.events[0].iter().find_map(|(_, e)| match e {
+        let attempts = net.nodes[0].events.iter().find_map(|(_, e)| match e {
             MessengerEvent::Acknowledged { id: a, attempts } if a == id => Some(*attempts),
             _ => None,
         });
@@ -353,8 +356,8 @@ fn short_first_attempts_are_repaired_after_nacks() {
         );
     }
     let (sent_nacks, got_nacks) = (
-        net.messengers[3].counters().nacks_sent,
-        net.messengers[0].counters().nacks_received,
+        net.messenger(3).counters().nacks_sent,
+        net.messenger(0).counters().nacks_received,
     );
     eprintln!("seed {seed}: NACKs sent {sent_nacks}, received {got_nacks}");
     assert!(sent_nacks >= 1 && got_nacks >= 1, "seed {seed}");
@@ -373,8 +376,8 @@ fn traced_run(seed: u64) -> (u64, u64, u64) {
         ..LinkModel::PERFECT
     };
     let nodes = 8;
-    let mut net = TestNet::new(nodes, seed, params(3), 200.0, link);
-    net.offline[7] = true;
+    let mut net = MessageNet::messengers(nodes, seed, params(3), 200.0, link);
+    net.set_down(7, true);
     net.run_until(at(4.0));
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
     for i in 0..24usize {
@@ -393,19 +396,23 @@ fn traced_run(seed: u64) -> (u64, u64, u64) {
         };
         let dest = net.node_id(to);
         let now = net.now();
-        net.messengers[from]
+        net.messenger(from)
             .send(now, dest, &data, options)
             .unwrap_or_else(|e| panic!("seed {seed}: send: {e}"));
         net.run_until(at(4.0 + 0.25 * (i + 1) as f64));
     }
     net.run_until(at(40.0));
-    let retries = net.messengers.iter().map(|m| m.counters().retries).sum();
-    let acks = net
-        .messengers
+    let retries = net
+        .nodes
         .iter()
-        .map(|m| m.counters().acks_received)
+        .map(|n| n.stack.upper().counters().retries)
         .sum();
-    (net.sim.trace, retries, acks)
+    let acks = net
+        .nodes
+        .iter()
+        .map(|n| n.stack.upper().counters().acks_received)
+        .sum();
+    (net.trace, retries, acks)
 }
 
 #[test]
@@ -422,58 +429,49 @@ fn a_seed_replays_bit_for_bit_and_another_seed_does_not() {
     assert_ne!(first, other, "seeds 41 and 42 gave the same trace");
 }
 
-/// Swaps node `i`'s messenger for one with `config`.
-fn reconfigure(net: &mut TestNet, i: usize, config: anon::MessengerConfig) {
-    let node = &net.sim.nodes[i];
-    let mut m = anon::Messenger::new(node.identity.clone(), config, [i as u8; 32]);
-    if let Some(p) = node.engine.paths() {
-        m.set_paths(p);
-    }
-    net.messengers[i] = m;
-}
-
 #[test]
 fn the_surb_table_and_the_control_queue_are_bounded_with_counted_drops() {
-    let mut net = TestNet::new(6, 5, params(3), 200.0, LinkModel::PERFECT);
-    let own_rate = net.messengers[0].config().own_rate;
+    let mut net = MessageNet::messengers(6, 5, params(3), 200.0, LinkModel::PERFECT);
+    let own_rate = net.messenger(0).config().own_rate;
     // room for two messages' ACK SURBs and NACK SURBs, not three
     let small_surbs = anon::MessengerConfig {
         max_surbs: 6,
         own_rate,
         ..anon::MessengerConfig::default()
     };
-    reconfigure(&mut net, 0, small_surbs);
+    net.reconfigure(0, small_surbs);
     // one ACK waiting at most: the second ACK of every message is dropped
     let small_control = anon::MessengerConfig {
         max_control: 1,
         own_rate,
         ..anon::MessengerConfig::default()
     };
-    reconfigure(&mut net, 1, small_control);
+    net.reconfigure(1, small_control);
     net.run_until(at(2.0));
     let dest = net.node_id(1);
     let now = net.now();
     for _ in 0..2 {
-        net.messengers[0]
+        net.messenger(0)
             .send(now, dest, b"hello", SendOptions::default())
             .unwrap();
     }
     assert_eq!(
-        net.messengers[0].send(now, dest, b"hello", SendOptions::default()),
+        net.messenger(0)
+            .send(now, dest, b"hello", SendOptions::default()),
         Err(MessageError::Busy),
         "a third message needs more SURBs than the table holds"
     );
     net.run_until(at(10.0));
-    let sender = net.messengers[0].counters();
+    let sender = net.messenger(0).counters();
     assert!(
         sender.surbs_evicted > 0,
         "the NACK SURBs overflowed the table"
     );
-    let (surbs, _, _) = net.messengers[0].table_sizes();
+    let (surbs, _, _) = net.messenger(0).table_sizes();
     assert!(surbs <= 6, "{surbs} SURBs in a table of 6");
-    let receiver = net.messengers[1].counters();
+    let receiver = net.messenger(1).counters();
     assert_eq!(receiver.messages_received, 2);
     assert!(receiver.control_dropped >= 2, "{receiver:?}");
-    let (_, control, _) = net.messengers[1].table_sizes();
+    let (_, control, _) = net.messenger(1).table_sizes();
     assert!(control <= 1);
 }
