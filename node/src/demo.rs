@@ -86,7 +86,7 @@ impl LocalNetwork {
     /// first consensus installed (about one to two epochs).
     pub fn start(options: &LocalOptions) -> Result<LocalNetwork, NodeError> {
         let mut tag = [0u8; 6];
-        getrandom::fill(&mut tag).map_err(|e| NodeError::Directory(e.to_string()))?;
+        getrandom::fill(&mut tag)?;
         let dir =
             std::env::temp_dir().join(format!("mixed-demo-{}", pki_client::descriptor::hex(&tag)));
         std::fs::create_dir_all(&dir)?;
@@ -107,7 +107,7 @@ impl LocalNetwork {
         let mut secrets = Vec::new();
         for _ in 0..3 {
             let mut b = [0u8; 32];
-            getrandom::fill(&mut b).map_err(|e| NodeError::Directory(e.to_string()))?;
+            getrandom::fill(&mut b)?;
             secrets.push(IdentitySecret::from_bytes(b));
         }
         let endpoints: Vec<AuthorityEndpoint> = secrets
@@ -134,10 +134,7 @@ impl LocalNetwork {
                     burst: 1000.0,
                 },
             };
-            authorities.push(
-                dirauth::spawn(config, listener)
-                    .map_err(|e| NodeError::Directory(e.to_string()))?,
-            );
+            authorities.push(dirauth::spawn(config, listener)?);
         }
         let mut nodes = Vec::new();
         for i in 0..options.nodes {
@@ -167,9 +164,7 @@ impl LocalNetwork {
             std::time::Instant::now() + Duration::from_secs(3 * options.epoch_seconds + 5);
         while network.nodes.iter().any(|n| n.epoch().is_none()) {
             if std::time::Instant::now() > deadline {
-                return Err(NodeError::Directory(
-                    "the nodes did not get a consensus in three epochs".into(),
-                ));
+                return Err(NodeError::NoConsensus { epochs: 3 });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -217,7 +212,7 @@ pub fn run(options: &LocalOptions, messages: usize) -> Result<DemoReport, NodeEr
     let ready = started.elapsed();
     let counters_before: Vec<_> = net.nodes.iter().map(|n| n.counters()).collect();
     let window_start = std::time::Instant::now();
-    let api = |e: crate::api::ApiError| NodeError::Directory(e.to_string());
+    let api = NodeError::Api;
     let sender = crate::api::App::open(&net.nodes[0], None).map_err(api)?;
     let receiver_node = &net.nodes[net.nodes.len() - 1];
     let receiver = crate::api::App::open(receiver_node, Some(0)).map_err(api)?;

@@ -3,7 +3,10 @@
 //! `mixed demo` network.
 
 pub mod api;
+mod clock;
 pub mod config;
+mod control;
+mod core;
 pub mod demo;
 pub mod io;
 pub mod keys;

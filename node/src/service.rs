@@ -23,8 +23,8 @@ use crossbeam_queue::ArrayQueue;
 use engine::{Event, Paths};
 use pki_client::IdentitySecret;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::runtime::Clock;
 
 /// ACKs and NACKs waiting for a core.
 const CONTROL_QUEUE: usize = 64;
@@ -66,23 +66,6 @@ impl OwnQueues {
             control: ArrayQueue::new(CONTROL_QUEUE),
             data: ArrayQueue::new(DATA_QUEUE),
             free: ArrayQueue::new(CONTROL_QUEUE + DATA_QUEUE + 64),
-        }
-    }
-
-    /// Moves waiting packets into a core's engine: control first, then data while the
-    /// engine holds fewer than [`OWN_AHEAD`].
-    pub(crate) fn feed(&self, engine: &mut engine::Engine) {
-        while engine.own_room() > 0 {
-            let Some(p) = self.control.pop() else { break };
-            let _ = engine.queue_control(&p.bytes, &p.hop);
-            let _ = self.free.push(p.bytes);
-        }
-        while engine.own_queued() < OWN_AHEAD {
-            let Some(p) = self.data.pop() else { break };
-            // a packet that cannot be queued is lost like one on the wire: the messenger's
-            // redundancy and retries cover it
-            let _ = engine.queue_own(&p.bytes, &p.hop);
-            let _ = self.free.push(p.bytes);
         }
     }
 }

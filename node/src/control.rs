@@ -1,0 +1,218 @@
+//! The control thread: follows the epochs (the consensus fetched ahead, mix keys made and
+//! erased, the descriptor registered or withdrawn) and hands each new epoch to the cores
+//! and to the messaging service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use engine::{EpochKeys, ReplayFilter};
+use pki_client::{
+    IdentitySecret, MixKeys, NodeDescriptor, PkiClient, Roles, SignatureChecked, Which,
+};
+use rand_core::SeedableRng;
+use scheduler::handoff::Sender;
+
+use crate::clock::unix_now;
+use crate::core::Command;
+use crate::keys::KeyDir;
+use crate::metrics::Metrics;
+use crate::service::{Input, Presence};
+
+/// Epochs of mix keys published ahead.
+const KEYS_AHEAD: u64 = 3;
+
+/// The control thread's state: follows the epochs.
+pub(crate) struct Control {
+    pub(crate) client: PkiClient,
+    pub(crate) keys: KeyDir,
+    pub(crate) identity: IdentitySecret,
+    pub(crate) addr: SocketAddr,
+    pub(crate) bandwidth: f64,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) service: SyncSender<Input>,
+    pub(crate) senders: Vec<Sender<Command>>,
+    pub(crate) installed: Option<u64>,
+    pub(crate) registered_in: Option<u64>,
+    pub(crate) replay: Vec<(u64, Arc<ReplayFilter>)>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Control {
+    /// Every 100 ms: learn the epoch, register once per epoch (unless passive), install the
+    /// current epoch's consensus as soon as it is at hand, fetch the next one from the middle
+    /// of the epoch on.
+    pub(crate) fn run(&mut self, stop: &AtomicBool) {
+        let mut seed = [0u8; 32];
+        let _ = getrandom::fill(&mut seed);
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+        let mut pending: Option<SignatureChecked> = None;
+        let mut schedule: Option<pki_client::NetworkParams> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let now = unix_now();
+            if schedule.is_none()
+                && let Ok(c) = self.client.fetch(Which::Current, &mut rng)
+            {
+                let (after, _) = c.validity();
+                if let Ok(v) = c.clone().check_valid_at(after, 0) {
+                    schedule = Some(*v.params());
+                }
+                pending = Some(c);
+            }
+            // the epoch: from the schedule, or, before any consensus exists, an authority's word
+            let epoch = match schedule {
+                Some(p) => Some(p.epoch_at(now)),
+                None => self.client.current_epoch(),
+            };
+            let bound = self.presence.bound.load(Ordering::Relaxed);
+            if let Some(e) = epoch
+                && bound
+                && self.registered_in != Some(e)
+            {
+                self.register(e);
+            }
+            if let Some(e) = epoch
+                && !bound
+                && self.registered_in.is_some()
+            {
+                self.withdraw(e);
+            }
+            if let Some(e) = epoch
+                && self.installed.is_none_or(|i| i < e)
+            {
+                let c = match pending.take() {
+                    Some(c) if c.epoch() == e => Some(c),
+                    other => {
+                        pending = other;
+                        self.client.fetch(Which::Epoch(e), &mut rng).ok()
+                    }
+                };
+                if let Some(c) = c {
+                    if schedule.is_none() {
+                        let (after, _) = c.validity();
+                        if let Ok(v) = c.clone().check_valid_at(after, 0) {
+                            schedule = Some(*v.params());
+                        }
+                    }
+                    match c.check_valid_at(now, 5) {
+                        Ok(v) => self.install(e, v),
+                        Err(err) => tracing::warn!(%err, "consensus not valid now"),
+                    }
+                }
+            }
+            if let Some(params) = schedule {
+                let e = params.epoch_at(now);
+                let into = now.saturating_sub(params.epoch_start(e));
+                if into * 2 >= params.epoch_seconds
+                    && pending.as_ref().is_none_or(|p| p.epoch() != e + 1)
+                    && let Ok(c) = self.client.fetch(Which::Epoch(e + 1), &mut rng)
+                {
+                    pending = Some(c);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn descriptor(&self, first_epoch: u64) -> Option<pki_client::SignedDescriptor> {
+        let keys: Vec<[u8; 32]> = (first_epoch..=first_epoch + KEYS_AHEAD)
+            .map_while(|e| self.keys.mix_key(e).ok().map(|k| k.public_key().0))
+            .collect();
+        // a sequence that grows across restarts: the wall clock in milliseconds
+        let sequence = unix_now() * 1000 + u64::from(self.metrics.bump_sequence() % 1000);
+        NodeDescriptor {
+            identity: self.identity.public(),
+            sequence,
+            addresses: vec![self.addr],
+            bandwidth: self.presence.bandwidth().min(self.bandwidth).max(1.0) as u32,
+            roles: Roles {
+                mix: true,
+                services: vec![],
+            },
+            mix_keys: MixKeys { first_epoch, keys },
+        }
+        .sign(&self.identity)
+        .ok()
+    }
+
+    fn register(&mut self, epoch: u64) {
+        let Some(d) = self.descriptor(epoch) else {
+            return;
+        };
+        let answers = self.client.register(&d);
+        let ok = answers.iter().filter(|(_, r)| r.is_ok()).count();
+        if ok * 2 > answers.len() {
+            self.registered_in = Some(epoch);
+        } else {
+            for (url, r) in &answers {
+                if let Err(e) = r {
+                    tracing::warn!(%url, %e, "registration refused; retrying");
+                }
+            }
+        }
+    }
+
+    /// unbindanon: the node leaves the consensus from the next epoch on.
+    fn withdraw(&mut self, epoch: u64) {
+        let sequence = unix_now() * 1000 + u64::from(self.metrics.bump_sequence() % 1000);
+        let Ok(w) = pki_client::Withdrawal {
+            identity: self.identity.public(),
+            sequence,
+            from_epoch: epoch + 1,
+        }
+        .sign(&self.identity) else {
+            return;
+        };
+        let answers = self.client.withdraw(&w);
+        if answers.iter().filter(|(_, r)| r.is_ok()).count() * 2 > answers.len() {
+            self.registered_in = None;
+        }
+    }
+
+    fn install(&mut self, epoch: u64, consensus: pki_client::VerifiedConsensus) {
+        let secret = match self.keys.mix_key(epoch) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(%e, "mix key");
+                return;
+            }
+        };
+        let params = *consensus.params();
+        // sized for the epoch: every packet this node may see under the key, four times over
+        let capacity = ((self.bandwidth * 4.0) as usize)
+            .saturating_mul(params.epoch_seconds as usize + 60)
+            .clamp(1 << 14, 1 << 27);
+        let replay = Arc::new(ReplayFilter::new(capacity));
+        self.replay.push((epoch, Arc::clone(&replay)));
+        self.replay.retain(|(e, _)| *e + 2 > epoch);
+        let consensus = Arc::new(consensus);
+        self.metrics.set_nodes(consensus.nodes().len());
+        let params = *consensus.params();
+        let own_rate = f64::from(params.rho_permille) / 1000.0 * self.bandwidth
+            / f64::from(params.hops.max(1));
+        let _ = self.service.try_send(Input::Epoch {
+            paths: engine::Paths::new(
+                Arc::clone(&consensus),
+                self.identity.public().node_id(),
+                Some(self.addr),
+                secret.public_key(),
+            ),
+            own_rate,
+        });
+        for s in &self.senders {
+            let keys = EpochKeys {
+                consensus: Arc::clone(&consensus),
+                secret: secret.clone(),
+                replay: Arc::clone(&replay) as Arc<dyn engine::ReplayCheck>,
+            };
+            if s.try_send(Command::Install(keys)).is_err() {
+                tracing::error!("a core's inbox is full; the epoch is not installed there");
+            }
+        }
+        self.installed = Some(epoch);
+        // the keys of epochs before the previous one are no longer needed: erase them
+        self.keys.erase_before(epoch.saturating_sub(1));
+    }
+}

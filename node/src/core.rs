@@ -1,0 +1,234 @@
+//! One core: a thread, pinned, with its own SO_REUSEPORT socket, its I/O backend and its
+//! [`Stack`]. The stack's upper layer is [`CoreLink`]: deliveries go to the messaging
+//! service, the packets the service built come back through lock-free queues. Nothing else
+//! crosses cores on the packet path but the shared replay filter of each key; commands reach
+//! a core through its bounded inbox, drained once per turn of its loop.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Duration;
+
+use engine::{EpochKeys, Event, Paths, SendError};
+use scheduler::Timestamp;
+use scheduler::handoff::Inbox;
+use stack::{Stack, Upper};
+
+use crate::clock::Clock;
+use crate::io::Io;
+use crate::metrics::{CoreSnapshot, Metrics};
+use crate::runtime::NodeEvent;
+use crate::service::{Input, OWN_AHEAD, OwnQueues};
+
+/// Longest a core waits for I/O before looking at its inbox again.
+const MAX_WAIT: Duration = Duration::from_millis(20);
+/// Commands a core's inbox holds.
+pub(crate) const INBOX: usize = 1024;
+
+/// A command for a core.
+pub(crate) enum Command {
+    Install(EpochKeys),
+    SetForwarding(bool),
+    Send {
+        to: [u8; 32],
+        payload: Vec<u8>,
+        reply: SyncSender<Result<[u8; 16], SendError>>,
+    },
+    /// Copy raw deliveries to this channel ([`crate::Node::tap`]).
+    Tap(SyncSender<NodeEvent>),
+}
+
+/// A core's upper layer: the messaging service on its own thread, reached through bounded
+/// queues (deliveries up by channel, built packets down by lock-free queues).
+pub(crate) struct CoreLink {
+    pub(crate) core: usize,
+    pub(crate) service: SyncSender<Input>,
+    pub(crate) own: Arc<OwnQueues>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Raw deliveries, for tests and tools that send one-packet messages
+    /// ([`crate::Node::send`]); `None` in production.
+    pub(crate) raw: Option<SyncSender<NodeEvent>>,
+}
+
+impl Upper for CoreLink {
+    type Event = Infallible;
+
+    fn deliver(&mut self, now: Timestamp, event: Event) {
+        match event {
+            Event::LoopCollapse { recent, usual } => {
+                tracing::warn!(
+                    core = self.core,
+                    recent,
+                    usual,
+                    "loops stopped returning: a possible (n-1) attack around this node"
+                );
+            }
+            event => {
+                if let Some(raw) = &self.raw {
+                    let _ = raw.try_send(NodeEvent {
+                        at: now,
+                        event: event.clone(),
+                    });
+                }
+                if let Err(TrySendError::Full(_)) = self.service.try_send(Input::Core(event)) {
+                    self.metrics.count_undeliverable();
+                }
+            }
+        }
+    }
+
+    fn set_paths(&mut self, _paths: Paths) {
+        // the control thread gives the service its paths
+    }
+
+    fn measured(&mut self, _returned: u64, _lost: u64, reliability: &HashMap<[u8; 32], f64>) {
+        let nodes = reliability.iter().map(|(id, r)| (*id, *r)).collect();
+        let _ = self.service.try_send(Input::Reliability {
+            core: self.core,
+            nodes,
+        });
+    }
+
+    fn poll_control(&mut self, buf: &mut Vec<u8>) -> Option<[u8; 32]> {
+        let mut p = self.own.control.pop()?;
+        std::mem::swap(buf, &mut p.bytes);
+        let _ = self.own.free.push(p.bytes);
+        Some(p.hop)
+    }
+
+    fn poll_packets(&mut self, _: Timestamp, bufs: &mut [Vec<u8>], hops: &mut [[u8; 32]]) -> usize {
+        let mut n = 0;
+        for (buf, hop) in bufs.iter_mut().zip(hops.iter_mut()) {
+            let Some(mut p) = self.own.data.pop() else {
+                break;
+            };
+            std::mem::swap(buf, &mut p.bytes);
+            let _ = self.own.free.push(p.bytes);
+            *hop = p.hop;
+            n += 1;
+        }
+        n
+    }
+
+    fn own_ahead(&self) -> usize {
+        OWN_AHEAD
+    }
+
+    fn handle_timeout(&mut self, _now: Timestamp) {}
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        None
+    }
+
+    fn poll_event(&mut self) -> Option<Infallible> {
+        None
+    }
+}
+
+/// What a core runs on.
+pub(crate) struct CoreTask {
+    pub(crate) index: usize,
+    pub(crate) stack: Stack<CoreLink>,
+    pub(crate) io: Io,
+    pub(crate) inbox: Inbox<Command>,
+    pub(crate) clock: Clock,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl CoreTask {
+    /// The core's loop, until the node stops: commands, receive (up to the stack's next
+    /// deadline), timers, then every datagram the slots decided.
+    pub(crate) fn run(self) {
+        let CoreTask {
+            index,
+            mut stack,
+            mut io,
+            inbox,
+            clock,
+            stop,
+            metrics,
+        } = self;
+        let mut lateness = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
+            .unwrap_or_else(|_| {
+                hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_histogram())
+            });
+        let mut last_publish = clock.now();
+        while !stop.load(Ordering::Relaxed) {
+            // the one point where other threads' commands enter this core
+            inbox.drain(INBOX, |cmd| match cmd {
+                Command::Install(keys) => {
+                    let epoch = keys.consensus.epoch();
+                    match stack.install_epoch(keys, clock.now()) {
+                        Ok(()) => metrics.set_epoch(epoch),
+                        Err(e) => tracing::error!(core = index, %e, "cannot install the epoch"),
+                    }
+                }
+                Command::SetForwarding(on) => stack.engine_mut().set_forwarding(on),
+                Command::Send { to, payload, reply } => {
+                    let _ = reply.try_send(stack.engine_mut().send_message(to, &payload));
+                }
+                Command::Tap(tx) => stack.upper_mut().raw = Some(tx),
+            });
+            let now = clock.now();
+            let wait = stack
+                .poll_timeout()
+                .map(|t| t.saturating_since(now))
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT);
+            let received = io.recv(wait, |batch| stack.handle_datagrams(clock.now(), batch));
+            if let Err(e) = received {
+                tracing::error!(core = index, %e, "receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // timers due, and the service's packets taken in (the stack's pump)
+            let now = clock.now();
+            stack.handle_timeout(now);
+            // send what the slots decided, in batches written straight into the backend's
+            // transmit buffers
+            loop {
+                let sent = io.send_batch(|buf| {
+                    let t = stack.poll_transmit(buf)?;
+                    let late = now.saturating_since(t.due).as_nanos() as u64;
+                    let _ = lateness.record(late.max(1));
+                    Some((t.to, t.len))
+                });
+                match sent {
+                    Ok(s) if s.filled == 0 => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(core = index, %e, "send failed");
+                        break;
+                    }
+                }
+            }
+            if now.saturating_since(last_publish) >= Duration::from_millis(100) {
+                last_publish = now;
+                metrics.publish(index, snapshot(&stack, &lateness, &io));
+            }
+        }
+        metrics.publish(index, snapshot(&stack, &lateness, &io));
+    }
+}
+
+fn snapshot(
+    stack: &Stack<CoreLink>,
+    lateness: &hdrhistogram::Histogram<u64>,
+    io: &Io,
+) -> CoreSnapshot {
+    let engine = stack.engine();
+    CoreSnapshot {
+        counters: engine.counters().clone(),
+        held: engine.held(),
+        own_queued: engine.own_queued(),
+        lateness: lateness.clone(),
+        io: io.name(),
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_histogram() -> hdrhistogram::Histogram<u64> {
+    panic!("a two-digit histogram is always valid")
+}
