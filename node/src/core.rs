@@ -19,13 +19,21 @@ use stack::{Stack, Upper};
 use crate::clock::Clock;
 use crate::io::Io;
 use crate::metrics::{CoreSnapshot, Metrics};
-use crate::runtime::NodeEvent;
 use crate::service::{Input, OWN_AHEAD, OwnQueues};
 
 /// Longest a core waits for I/O before looking at its inbox again.
 const MAX_WAIT: Duration = Duration::from_millis(20);
 /// Commands a core's inbox holds.
 pub(crate) const INBOX: usize = 1024;
+
+/// A raw delivery of a core ([`crate::Node::tap`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeEvent {
+    /// When, on the node's clock.
+    pub at: Timestamp,
+    /// What.
+    pub event: Event,
+}
 
 /// A command for a core.
 pub(crate) enum Command {

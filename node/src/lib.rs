@@ -14,6 +14,7 @@ pub mod local;
 pub mod metrics;
 pub mod runtime;
 pub(crate) mod service;
+mod session;
 
 pub use config::NodeConfig;
 pub use io::IoChoice;

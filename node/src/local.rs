@@ -17,9 +17,9 @@ use std::time::Duration;
 use anon::ReplyHandle;
 use anon::local::{ApiError, Code, Frame, FrameError, read_frame, write_frame};
 
-use crate::api::App;
-use crate::runtime::Node;
 use crate::service::{APP_QUEUE, Sink};
+use crate::service::{Input, Presence};
+use crate::session::App;
 
 /// Applications connected at once, at most.
 const MAX_CLIENTS: usize = 64;
@@ -42,7 +42,13 @@ struct NodeRef {
 
 impl LocalServer {
     /// Binds `path` (replacing a stale socket file), mode 0600, and serves it.
-    pub(crate) fn start(path: &Path, node: &Node) -> std::io::Result<LocalServer> {
+    /// Serves the node `node_id` whose messaging service takes `service`.
+    pub(crate) fn start(
+        path: &Path,
+        node_id: [u8; 32],
+        service: SyncSender<Input>,
+        presence: Arc<Presence>,
+    ) -> std::io::Result<LocalServer> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -59,11 +65,10 @@ impl LocalServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let service = node.service.clone();
         let next_app = Arc::new(std::sync::atomic::AtomicU64::new(1 << 32));
         let node_ref = NodeRef {
-            node_id: node.node_id(),
-            bound: Arc::clone(&node.presence),
+            node_id,
+            bound: presence,
             opener: Arc::new(move |port, sink| App::open_with(&service, &next_app, port, sink)),
         };
         let thread_stop = Arc::clone(&stop);

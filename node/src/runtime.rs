@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use engine::{Counters, Engine, EngineConfig, Event, SendError};
+use engine::{Counters, Engine, EngineConfig, SendError};
 use pki_client::PkiClient;
 use scheduler::Timestamp;
 use scheduler::handoff::{Sender, inbox};
@@ -28,14 +28,7 @@ use crate::service::{Input, OwnQueues, Presence, Service};
 /// Raw deliveries a tap holds ([`Node::tap`]).
 const TAP: usize = 4096;
 
-/// What the node tells the application.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NodeEvent {
-    /// When, on the node's clock.
-    pub at: Timestamp,
-    /// What.
-    pub event: Event,
-}
+pub use crate::core::NodeEvent;
 
 /// Why the node could not start or send.
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +252,12 @@ impl Node {
             io_names,
         };
         if let Some(path) = &config.api_socket {
-            node.local = Some(crate::local::LocalServer::start(path, &node)?);
+            node.local = Some(crate::local::LocalServer::start(
+                path,
+                node.node_id,
+                node.service.clone(),
+                Arc::clone(&node.presence),
+            )?);
         }
         Ok(node)
     }
