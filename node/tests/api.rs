@@ -252,10 +252,17 @@ fn socketanon_binds_unbinds_and_closeanon_erases_the_mix_keys() {
         listed + 1,
         "not in the consensus after bindanon"
     );
-    // now others can write to it
-    let to_me = other
-        .send(socket.node_id().unwrap(), b"hello, bound node", port1)
-        .unwrap();
+    // now others can write to it, once their own control thread installed that epoch too
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let to_me = loop {
+        match other.send(socket.node_id().unwrap(), b"hello, bound node", port1) {
+            Ok(id) => break id,
+            Err(e) if e.code == Code::UnknownDestination && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("send to the bound node: {e}"),
+        }
+    };
     let mut got = false;
     socket
         .recvanon(
