@@ -259,3 +259,26 @@ impl<U: Upper> Stack<U> {
         self.upper.poll_event()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_deliveries_are_bounded_and_counted() {
+        let mut raw = Raw::default();
+        let event = |i: u32| Event::Message {
+            identifier: [0; 16],
+            payload: i.to_le_bytes().to_vec(),
+        };
+        for i in 0..(RAW_EVENTS as u32 + 3) {
+            raw.deliver(Timestamp::ZERO, event(i));
+        }
+        assert_eq!(raw.dropped, 3);
+        let mut n = 0;
+        while raw.poll_event().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, RAW_EVENTS);
+    }
+}
