@@ -140,7 +140,20 @@ impl Sim<Raw> {
     /// `n` engines emitting `rate` packets a second each, under `params`, on links `link`.
     /// Everything random comes from `seed`.
     pub fn new(n: usize, seed: u64, params: NetworkParams, rate: f64, link: LinkModel) -> Self {
-        Sim::build(n, seed, params, rate, link, |_, _| Raw::default())
+        Sim::build(n, seed, params, rate, link, &|_| {}, |_, _| Raw::default())
+    }
+
+    /// [`Sim::new`] with every engine's configuration changed by `tweak` (small pools and
+    /// queues, for the limit tests).
+    pub fn with_engines(
+        n: usize,
+        seed: u64,
+        params: NetworkParams,
+        rate: f64,
+        link: LinkModel,
+        tweak: &dyn Fn(&mut EngineConfig),
+    ) -> Self {
+        Sim::build(n, seed, params, rate, link, tweak, |_, _| Raw::default())
     }
 }
 
@@ -155,7 +168,7 @@ impl Sim<Messenger> {
     ) -> Self {
         let own_rate =
             f64::from(params.rho_permille) / 1000.0 * rate / f64::from(params.hops.max(1));
-        Sim::build(n, seed, params, rate, link, |identity, seed| {
+        Sim::build(n, seed, params, rate, link, &|_| {}, |identity, seed| {
             let config = MessengerConfig {
                 own_rate,
                 ..MessengerConfig::default()
@@ -183,14 +196,15 @@ impl Sim<Messenger> {
 
 impl<U: Upper> Sim<U> {
     /// `n` nodes emitting `rate` packets a second each, under `params`, on links `link`,
-    /// each with the upper layer `make(identity, seed)` gives. Everything random comes from
-    /// `seed`.
+    /// their engines configured by `tweak` after the defaults, each with the upper layer
+    /// `make(identity, seed)` gives. Everything random comes from `seed`.
     pub fn build(
         n: usize,
         seed: u64,
         params: NetworkParams,
         rate: f64,
         link: LinkModel,
+        tweak: &dyn Fn(&mut EngineConfig),
         mut make: impl FnMut(&IdentitySecret, [u8; 32]) -> U,
     ) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -248,6 +262,7 @@ impl<U: Upper> Sim<U> {
             let mut config = EngineConfig::new(identity.public().node_id(), rate);
             // loops take tens of milliseconds here: decide their fate quickly
             config.loop_timeout = Duration::from_secs(2);
+            tweak(&mut config);
             let engine = match Engine::new(config, seed) {
                 Ok(e) => e,
                 Err(e) => unreachable_consensus(e),
