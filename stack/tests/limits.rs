@@ -113,3 +113,48 @@ fn the_messengers_incoming_table_is_bounded_and_counted() {
     // the first came through; the others are retried by their senders
     assert!(c.messages_received >= 1, "{c:?}");
 }
+
+#[test]
+fn a_full_forward_queue_is_a_counted_drop() {
+    // a ready queue of one forward: packets whose delays end together overflow it
+    let mut sim = Sim::with_engines(5, 10, params(3), 400.0, LinkModel::PERFECT, &|c| {
+        c.forward_queue = 1;
+    });
+    flood(&mut sim, 4);
+    let full: u64 = sim
+        .nodes
+        .iter()
+        .map(|n| {
+            n.engine()
+                .counters()
+                .drops(engine::DropReason::ForwardQueueFull)
+        })
+        .sum();
+    assert!(full > 0, "no forward-queue drop counted");
+}
+
+#[test]
+fn events_the_application_cannot_take_are_counted() {
+    let mut net = stack::sim::MessageNet::messengers(5, 13, params(3), 200.0, LinkModel::PERFECT);
+    let own_rate = net.messenger(0).config().own_rate;
+    // an application that holds no event at all: every one is a counted drop
+    net.reconfigure(
+        0,
+        anon::MessengerConfig {
+            max_events: 0,
+            own_rate,
+            ..anon::MessengerConfig::default()
+        },
+    );
+    net.run_until(scheduler::Timestamp::from_nanos(2_000_000_000));
+    let dest = net.node_id(2);
+    let now = net.now();
+    net.messenger(0)
+        .send(now, dest, b"are you there", anon::SendOptions::default())
+        .unwrap();
+    net.run_until(scheduler::Timestamp::from_nanos(12_000_000_000));
+    let c = net.messenger(0).counters().clone();
+    assert_eq!(c.acks_received, 1, "{c:?}");
+    assert_eq!(c.events_dropped, 1, "the Acknowledged event, counted");
+    assert!(net.nodes[0].events.is_empty());
+}
