@@ -309,3 +309,27 @@ fn socketanon_binds_unbinds_and_closeanon_erases_the_mix_keys() {
     assert_eq!(err.code, Code::Closed, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_application_with_too_many_messages_in_flight_gets_busy() {
+    let net = network();
+    let app = App::open(&net.nodes[0], None).unwrap();
+    let dest = net.nodes[1].node_id();
+    let mut sent = 0;
+    let err = loop {
+        match app.send(dest, b"one of many", SendOptions::default()) {
+            Ok(_) => sent += 1,
+            Err(e) if e.code == Code::NoConsensus => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => break e,
+        }
+        assert!(sent < 2000, "no limit on messages in flight");
+    };
+    assert_eq!(err.code, Code::Busy, "{err}");
+    assert!(err.text.contains("256 messages in flight"), "{err}");
+    assert!(sent >= 256, "refused after {sent}");
+    // another application of the same node is not held up by this one
+    let other = App::open(&net.nodes[0], None).unwrap();
+    other
+        .send(dest, b"mine goes", SendOptions::default())
+        .unwrap();
+}
