@@ -240,3 +240,31 @@ fn snapshot(
 fn unreachable_histogram() -> hdrhistogram::Histogram<u64> {
     panic!("a two-digit histogram is always valid")
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_past_the_services_queue_are_counted_not_blocking() {
+        let (service, inputs) = std::sync::mpsc::sync_channel(2);
+        let metrics = Arc::new(Metrics::new(1));
+        let mut link = CoreLink {
+            core: 0,
+            service,
+            own: Arc::new(OwnQueues::new()),
+            metrics: Arc::clone(&metrics),
+            raw: None,
+        };
+        for i in 0..5u8 {
+            let event = Event::Message {
+                identifier: [i; 16],
+                payload: vec![i],
+            };
+            link.deliver(Timestamp::ZERO, event);
+        }
+        assert_eq!(metrics.undeliverable(), 3);
+        assert_eq!(inputs.try_iter().count(), 2);
+    }
+}

@@ -59,6 +59,11 @@ impl Metrics {
         self.undeliverable.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Messages and deliveries dropped for want of room on the way to an application.
+    pub fn undeliverable(&self) -> u64 {
+        self.undeliverable.load(Ordering::Relaxed)
+    }
+
     /// The messaging layer's counters.
     pub fn messenger(&self) -> anon::MessengerCounters {
         self.messenger

@@ -520,3 +520,63 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn service(metrics: &Arc<Metrics>) -> Service {
+        let (_tx, inputs) = std::sync::mpsc::sync_channel(1);
+        Service::new(
+            IdentitySecret::from_bytes([7; 32]),
+            inputs,
+            Arc::new(OwnQueues::new()),
+            Arc::new(Presence::new(false, 100.0)),
+            100.0,
+            Box::new(|_| {}),
+            Arc::clone(metrics),
+            Clock::new(),
+            Arc::new(AtomicBool::new(false)),
+            [1; 32],
+        )
+    }
+
+    fn received(i: u32, port: u16) -> MessengerEvent {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        MessengerEvent::Received(Received {
+            id,
+            port,
+            data: vec![1; 10],
+            sender: None,
+            reply: None,
+            in_reply_to: None,
+        })
+    }
+
+    #[test]
+    fn messages_for_a_port_nobody_listens_on_are_held_up_to_the_limit_then_counted() {
+        let metrics = Arc::new(Metrics::new(1));
+        let mut s = service(&metrics);
+        for i in 0..(HELD_MESSAGES as u32 + 5) {
+            s.route(received(i, 9));
+        }
+        s.flush();
+        assert_eq!(s.held.len(), HELD_MESSAGES);
+        assert_eq!(metrics.undeliverable(), 5);
+        // an application that opens the port gets them, up to its queue
+        let (tx, rx) = std::sync::mpsc::sync_channel(APP_QUEUE);
+        s.request(
+            1,
+            Request::Open {
+                port: Some(9),
+                sink: Sink::Local(tx),
+            },
+        )
+        .unwrap();
+        s.flush();
+        assert_eq!(rx.try_iter().count(), HELD_MESSAGES.min(APP_QUEUE));
+        assert_eq!(s.held.len(), HELD_MESSAGES - HELD_MESSAGES.min(APP_QUEUE));
+    }
+}

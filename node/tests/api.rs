@@ -333,3 +333,27 @@ fn an_application_with_too_many_messages_in_flight_gets_busy() {
         .send(dest, b"mine goes", SendOptions::default())
         .unwrap();
 }
+
+#[test]
+fn the_local_socket_serves_at_most_64_applications_and_says_so() {
+    let net = network();
+    let path = net.nodes[1].api_socket().unwrap().to_path_buf();
+    let clients: Vec<Client> = (0..64)
+        .map(|_| Client::connect(&path, None).unwrap())
+        .collect();
+    let err = Client::connect(&path, None).unwrap_err();
+    assert_eq!(err.code, Code::Busy, "{err}");
+    assert!(err.text.contains("at most 64"), "{err}");
+    drop(clients);
+    // the sessions are released as their clients go
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(&path, None) {
+            Ok(_) => break,
+            Err(e) if e.code == Code::Busy && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("after the 64 left: {e}"),
+        }
+    }
+}
