@@ -89,6 +89,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_inbox_gives_the_item_back() {
+        let (tx, inbox) = inbox::<u32>(2);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        let Err(Full(back)) = tx.try_send(3) else {
+            panic!("a third item fit in an inbox of two");
+        };
+        assert_eq!(back, 3);
+        assert_eq!(inbox.len(), 2);
+    }
+
+    #[test]
     fn bounded_fifo_across_threads() {
         let (tx, inbox) = inbox::<u32>(1000);
         let threads: Vec<_> = (0..4)
