@@ -158,3 +158,52 @@ fn events_the_application_cannot_take_are_counted() {
     assert_eq!(c.events_dropped, 1, "the Acknowledged event, counted");
     assert!(net.nodes[0].events.is_empty());
 }
+
+#[test]
+fn the_engines_event_and_transmit_queues_stop_at_their_limits() {
+    use rand_chacha::rand_core::SeedableRng;
+    let mut sim = Sim::with_engines(4, 11, params(3), 200.0, LinkModel::PERFECT, &|c| {
+        c.tx_queue = 8;
+    });
+    // one-hop packets for node 3, handed to its engine directly (no stack draining its
+    // events): the engine keeps MAX_EVENTS and counts the rest
+    let paths = sim.nodes[0].engine().paths().unwrap();
+    let dest = sim.node_id(3);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+    let mut packets: Vec<Vec<u8>> = (0..4100u32)
+        .map(|i| {
+            let mut out = vec![0u8; paths.packet_size()];
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&(i + 1).to_le_bytes());
+            paths
+                .forward(&dest, 1, id, &i.to_le_bytes(), &mut rng, &mut out)
+                .unwrap();
+            out
+        })
+        .collect();
+    let now = sim.now();
+    let engine = sim.nodes[3].stack.engine_mut();
+    engine.handle_datagrams(now, &mut packets);
+    let full = engine.counters().drops(engine::DropReason::EventQueueFull);
+    let mut events = 0;
+    while engine.poll_event().is_some() {
+        events += 1;
+    }
+    assert_eq!(events, 4096);
+    assert_eq!(full, 4);
+    // ten seconds of slots with nobody sending: at most tx_queue datagrams wait
+    let mut t = now;
+    for _ in 0..1000 {
+        t = t.saturating_add(std::time::Duration::from_millis(10));
+        engine.handle_timeout(t);
+    }
+    let mut buf = vec![0u8; 2048];
+    let mut waiting = 0;
+    while engine.poll_transmit(&mut buf).is_some() {
+        waiting += 1;
+    }
+    assert_eq!(
+        waiting, 8,
+        "the transmit queue holds its limit, the slots stay due"
+    );
+}
