@@ -300,6 +300,23 @@ mod tests {
     }
 
     #[test]
+    fn past_max_loops_the_oldest_counts_lost() {
+        let mut t = LoopTracker::new(8);
+        let now = Timestamp::ZERO;
+        let mut evicted = 0;
+        for i in 0..10u8 {
+            if t.sent([i; 16], [[1u8; 32]; 4], 1, now, Duration::from_secs(10))
+                .is_some()
+            {
+                evicted += 1;
+            }
+        }
+        assert_eq!(evicted, 2);
+        assert_eq!(t.in_flight(), 8);
+        assert!(!t.is_pending(&[0; 16]) && !t.is_pending(&[1; 16]) && t.is_pending(&[2; 16]));
+    }
+
+    #[test]
     fn reliability_is_tracked_for_a_bounded_number_of_nodes() {
         let mut t = LoopTracker::new(4);
         let now = Timestamp::ZERO;

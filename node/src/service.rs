@@ -39,6 +39,8 @@ pub(crate) const APP_QUEUE: usize = 1024;
 /// Messages one application may have in flight (sending or awaiting their ACK): a quarter
 /// of the messenger's, so that no application can crowd out the others.
 const APP_IN_FLIGHT: usize = 256;
+/// Applications with a session at once, in the process and over the local socket.
+pub(crate) const MAX_APPS: usize = 1024;
 /// Messages held for ports no application listens on (or for slow ones), at most.
 const HELD_MESSAGES: usize = 1024;
 /// Bytes of those, at most.
@@ -357,6 +359,12 @@ impl Service {
         let now = self.clock.now();
         match request {
             Request::Open { port, sink } => {
+                if self.apps.len() >= MAX_APPS && !self.apps.contains_key(&app) {
+                    return Err(ApiError {
+                        code: Code::Busy,
+                        text: format!("at most {MAX_APPS} applications at once"),
+                    });
+                }
                 if let Some(p) = port
                     && self.ports.get(&p).is_some_and(|a| *a != app)
                 {
@@ -553,6 +561,38 @@ mod tests {
             reply: None,
             in_reply_to: None,
         })
+    }
+
+    #[test]
+    fn sessions_past_the_limit_are_refused_clearly() {
+        let metrics = Arc::new(Metrics::new(1));
+        let mut s = service(&metrics);
+        let mut keep = Vec::new();
+        for app in 0..MAX_APPS as u64 {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            keep.push(rx);
+            let open = Request::Open {
+                port: None,
+                sink: Sink::Local(tx),
+            };
+            s.request(app, open).unwrap();
+        }
+        let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+        let open = Request::Open {
+            port: None,
+            sink: Sink::Local(tx),
+        };
+        let err = s.request(MAX_APPS as u64, open).unwrap_err();
+        assert_eq!(err.code, Code::Busy);
+        assert!(err.text.contains("at most 1024"), "{}", err.text);
+        // one leaves, one may come
+        s.request(0, Request::Close).unwrap();
+        let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+        let open = Request::Open {
+            port: None,
+            sink: Sink::Local(tx),
+        };
+        assert!(s.request(MAX_APPS as u64, open).is_ok());
     }
 
     #[test]

@@ -207,3 +207,45 @@ fn the_engines_event_and_transmit_queues_stop_at_their_limits() {
         "the transmit queue holds its limit, the slots stay due"
     );
 }
+
+#[test]
+fn the_messengers_outgoing_table_is_bounded_with_a_clear_error() {
+    let mut net = stack::sim::MessageNet::messengers(5, 14, params(3), 200.0, LinkModel::PERFECT);
+    let own_rate = net.messenger(0).config().own_rate;
+    net.reconfigure(
+        0,
+        anon::MessengerConfig {
+            max_outgoing: 2,
+            max_outgoing_bytes: 10_000,
+            own_rate,
+            ..anon::MessengerConfig::default()
+        },
+    );
+    net.run_until(scheduler::Timestamp::from_nanos(2_000_000_000));
+    let dest = net.node_id(2);
+    let now = net.now();
+    let m = net.messenger(0);
+    // bytes first: 10,001 bytes cannot be in flight
+    assert_eq!(
+        m.send(now, dest, &[1u8; 10_001], anon::SendOptions::default()),
+        Err(anon::MessageError::Busy)
+    );
+    m.send(now, dest, b"one", anon::SendOptions::default())
+        .unwrap();
+    m.send(now, dest, b"two", anon::SendOptions::default())
+        .unwrap();
+    assert_eq!(
+        m.send(now, dest, b"three", anon::SendOptions::default()),
+        Err(anon::MessageError::Busy),
+        "a third message in a table of two"
+    );
+    assert_eq!(m.outgoing(), 2);
+    // acknowledged, they make room
+    net.run_until(scheduler::Timestamp::from_nanos(10_000_000_000));
+    let now = net.now();
+    assert!(
+        net.messenger(0)
+            .send(now, dest, b"three", anon::SendOptions::default())
+            .is_ok()
+    );
+}
