@@ -205,7 +205,11 @@ impl CoreTask {
                 });
                 match sent {
                     Ok(s) if s.filled == 0 => break,
-                    Ok(_) => {}
+                    Ok(s) => {
+                        if s.sent < s.filled {
+                            metrics.count_send_failed(s.filled - s.sent);
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(core = index, %e, "send failed");
                         break;

@@ -35,6 +35,7 @@ pub struct Metrics {
     sequence: AtomicU32,
     messenger: Mutex<anon::MessengerCounters>,
     undeliverable: AtomicU64,
+    send_failed: AtomicU64,
 }
 
 const NO_EPOCH: u64 = u64::MAX;
@@ -48,6 +49,7 @@ impl Metrics {
             sequence: AtomicU32::new(0),
             messenger: Mutex::new(anon::MessengerCounters::default()),
             undeliverable: AtomicU64::new(0),
+            send_failed: AtomicU64::new(0),
         }
     }
 
@@ -57,6 +59,16 @@ impl Metrics {
 
     pub(crate) fn count_undeliverable(&self) {
         self.undeliverable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Datagrams the kernel did not take (a full socket buffer, an unreachable address).
+    pub(crate) fn count_send_failed(&self, n: usize) {
+        self.send_failed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Datagrams the kernel did not take.
+    pub fn send_failed(&self) -> u64 {
+        self.send_failed.load(Ordering::Relaxed)
     }
 
     /// Messages and deliveries dropped for want of room on the way to an application.
@@ -264,6 +276,11 @@ impl Metrics {
                     self.undeliverable.load(Ordering::Relaxed),
                 ),
             ],
+        );
+        counter(
+            "send_failed_total",
+            "Datagrams the kernel did not take (full socket buffer, unreachable address).",
+            &[("", self.send_failed.load(Ordering::Relaxed))],
         );
         let buckets = ["1", "3", "7", "15", "31", "63", "+Inf"];
         let _ = writeln!(

@@ -347,8 +347,10 @@ impl UringIo {
             // owned by self and not written again until every entry of this generation has
             // completed (`drain_sends` at the next call, and on drop).
             while unsafe { self.ring.submission().push(&entry) }.is_err() {
-                // the queue is full: hand the kernel what is queued, then go on
+                // the queue is full: hand the kernel what is queued (and make room for its
+                // completions), then go on
                 self.submit(0)?;
+                self.reap_all();
             }
             self.in_flight += 1;
         }
@@ -465,7 +467,9 @@ mod tests {
             })
         });
         assert!(a.is_err(), "the injected failure is reported");
-        assert_eq!(io.in_flight(), 8, "what was queued stays in flight");
+        // the four entries queued when the submission failed are still the kernel's (those
+        // submitted before may have completed)
+        assert!(io.in_flight() >= 4, "{} in flight", io.in_flight());
         // batch B: must not touch A's buffers until A's sends completed, nor count them
         let mut next = 0;
         let b = io
