@@ -23,9 +23,9 @@ mean_delay_ms = 50.0                  # 1/lambda
 loops = 4                             # L
 loop_rate = 0.5                       # b_loop, packets per second per loop
 
-# every authority, this one included
+# every authority, this one included: each one's key as `mixed dirauth --print-key` prints it
 [[authorities]]
-identity = "<64 hex digits>"
+identity = "0000000000000000000000000000000000000000000000000000000000000000"
 url = "http://127.0.0.1:7001"
 
 [limits]
@@ -137,6 +137,26 @@ pub enum ConfigError {
 }
 
 impl AuthorityConfig {
+    /// The identity of the authority a configuration file names, its key file created if
+    /// absent, without checking the rest (what `--print-key` prints, before this
+    /// authority's key is in `[[authorities]]`).
+    pub fn load_identity(path: &Path) -> Result<IdentitySecret, ConfigError> {
+        #[derive(Deserialize)]
+        struct KeyOnly {
+            identity_key_file: PathBuf,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let file: KeyOnly = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        load_or_create_key(&base.join(file.identity_key_file))
+    }
+
     /// Reads and checks a configuration file; relative paths in it are relative to the
     /// file's folder. Creates the identity key file if it does not exist.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -196,6 +216,9 @@ impl AuthorityConfig {
         }
         if self.authority_set().keys().len() != self.authorities.len() {
             return Err(ConfigError::Value("an authority is listed twice".into()));
+        }
+        for a in &self.authorities {
+            pki_client::client::check_url(&a.url).map_err(ConfigError::Value)?;
         }
         if self.limits.max_body_bytes < 256
             || self.limits.requests_per_second.is_nan()

@@ -12,7 +12,7 @@ use crate::io::IoChoice;
 pub const EXAMPLE: &str = r#"# mixed node
 key_dir = "keys"                 # identity and mix keys; created mode 0700, files 0600
 listen = "0.0.0.0:9000"          # UDP, for packets (the address published is `advertise`)
-advertise = "198.51.100.7:9000"  # optional: the address others reach this node at
+# advertise = "198.51.100.7:9000" # optional: the address others reach this node at
 bandwidth = 50                   # B: packets per second this node emits, always
 cores = 1                        # threads, one per core, each with its own socket (SO_REUSEPORT)
 io = "auto"                      # auto | io-uring | portable
@@ -20,8 +20,9 @@ metrics = "127.0.0.1:9100"       # Prometheus text at http://<metrics>/metrics; 
 passive = false                  # true: send and receive without registering or forwarding
 api_socket = "api.sock"          # the local API (Unix socket, mode 0600), relative to key_dir; "off" to disable
 
+# each authority's key as `mixed dirauth --print-key --config <its file>` prints it
 [[authorities]]
-identity = "<64 hex digits>"
+identity = "0000000000000000000000000000000000000000000000000000000000000000"
 url = "http://127.0.0.1:7001"
 "#;
 
@@ -161,6 +162,9 @@ impl NodeConfig {
             return Err(ConfigError::Value(
                 "at least one [[authorities]] entry is needed".into(),
             ));
+        }
+        for a in &self.authorities {
+            pki_client::client::check_url(&a.url).map_err(ConfigError::Value)?;
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! mixed node --example-config              print an example node configuration
 //! mixed dirauth --config authority.toml    run a directory authority
 //! mixed dirauth --example-config           print an example authority configuration
+//! mixed dirauth --print-key --config F     print the authority's public key (for [[authorities]])
+//! mixed node --print-key --config F        print the node's identity key and node ID
 //! ```
 
 // the command line prints its answers
@@ -71,6 +73,9 @@ enum Command {
         /// Print an example configuration and exit.
         #[arg(long)]
         example_config: bool,
+        /// Print this node's identity key and node ID (creating its keys if absent) and exit.
+        #[arg(long, requires = "config")]
+        print_key: bool,
     },
     /// Run a directory authority: it takes node descriptors, votes with its peers, signs the
     /// consensus of each epoch and serves it over HTTP.
@@ -81,6 +86,10 @@ enum Command {
         /// Print an example configuration and exit.
         #[arg(long)]
         example_config: bool,
+        /// Print this authority's public key, for every [[authorities]] list (creating the
+        /// key file if absent), and exit.
+        #[arg(long, requires = "config")]
+        print_key: bool,
     },
 }
 
@@ -91,6 +100,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Demo {
@@ -119,6 +129,22 @@ fn main() -> Result<()> {
         }
         Command::Node {
             config: Some(path),
+            print_key: true,
+            ..
+        } => {
+            let config = node::NodeConfig::load(&path)?;
+            let identity = node::keys::KeyDir::open(&config.key_dir)?
+                .identity()?
+                .public();
+            println!("identity {}", identity.to_hex());
+            println!(
+                "node_id  {}",
+                pki_client::descriptor::hex(&identity.node_id())
+            );
+            Ok(())
+        }
+        Command::Node {
+            config: Some(path),
             passive,
             io,
             ..
@@ -131,6 +157,15 @@ fn main() -> Result<()> {
             ..
         } => {
             print!("{}", dirauth::config::EXAMPLE);
+            Ok(())
+        }
+        Command::Dirauth {
+            config: Some(path),
+            print_key: true,
+            ..
+        } => {
+            let identity = dirauth::AuthorityConfig::load_identity(&path)?;
+            println!("{}", identity.public().to_hex());
             Ok(())
         }
         Command::Dirauth {

@@ -24,6 +24,22 @@ pub struct AuthorityEndpoint {
     pub url: String,
 }
 
+/// Checks an authority's base URL: `http://host:port` (or `https://`), no path, query or
+/// spaces. The reason names the URL.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("authority url {url:?} must start with http:// or https://"))?;
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+        return Err(format!(
+            "authority url {url:?} must be http://host:port, without a path"
+        ));
+    }
+    Ok(())
+}
+
 /// Why a fetch or a submission failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -113,7 +113,9 @@ pub(crate) fn reuseport_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.set_reuse_port(true)?;
     socket.set_recv_buffer_size(4 << 20)?;
     socket.set_send_buffer_size(4 << 20)?;
-    socket.bind(&addr.into())?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
     Ok(socket.into())
 }
 

@@ -1,0 +1,162 @@
+//! What a new operator meets first, through the `mixed` binary and the configuration
+//! loaders: example configurations that parse as printed, keys to paste into
+//! `[[authorities]]`, clear errors for bad URLs and a taken address, logs without colour
+//! codes when they go to a file.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use node::NodeConfig;
+
+fn mixed() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mixed"))
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mixed-operator-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn stdout(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn an_authority_is_set_up_from_its_example_and_its_printed_key() {
+    let d = dir("authority");
+    let path = d.join("authority.toml");
+    let example = stdout(mixed().args(["dirauth", "--example-config"]));
+    std::fs::write(&path, &example).unwrap();
+    // as printed it parses; only its own key is missing from [[authorities]]
+    let err = dirauth::AuthorityConfig::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not in [[authorities]]"), "{err}");
+    let key = stdout(
+        mixed()
+            .args(["dirauth", "--print-key", "--config"])
+            .arg(&path),
+    );
+    let key = key.trim();
+    assert_eq!(key.len(), 64, "{key:?}");
+    assert!(err.contains(key), "the error names the key to add: {err}");
+    std::fs::write(&path, example.replace(&"0".repeat(64), key)).unwrap();
+    let config = dirauth::AuthorityConfig::load(&path).unwrap();
+    assert_eq!(config.identity.public().to_hex(), key);
+    // the same key again: the file was created once
+    let again = stdout(
+        mixed()
+            .args(["dirauth", "--print-key", "--config"])
+            .arg(&path),
+    );
+    assert_eq!(again.trim(), key);
+}
+
+#[test]
+fn a_node_example_parses_as_printed_and_publishes_no_test_address() {
+    let d = dir("node");
+    let path = d.join("node.toml");
+    std::fs::write(&path, stdout(mixed().args(["node", "--example-config"]))).unwrap();
+    let config = NodeConfig::load(&path).unwrap();
+    assert_eq!(
+        config.advertise, None,
+        "the example must not publish a test address"
+    );
+    let keys = stdout(mixed().args(["node", "--print-key", "--config"]).arg(&path));
+    assert!(
+        keys.starts_with("identity ") && keys.contains("\nnode_id  "),
+        "{keys}"
+    );
+}
+
+#[test]
+fn an_authority_url_without_a_scheme_is_a_clear_error() {
+    let d = dir("url");
+    let path = d.join("node.toml");
+    let example = stdout(mixed().args(["node", "--example-config"]));
+    for bad in [
+        "127.0.0.1:7001",
+        "http://",
+        "http://127.0.0.1:7001/v1/consensus",
+    ] {
+        let text = example.replace("\"http://127.0.0.1:7001\"", &format!("{bad:?}"));
+        std::fs::write(&path, text).unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains(bad) && err.contains("http://"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn a_taken_address_is_named_in_the_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let d = dir("taken");
+    let config = NodeConfig {
+        key_dir: d.join("keys"),
+        listen: addr,
+        advertise: None,
+        bandwidth: 10.0,
+        cores: 1,
+        io: node::IoChoice::Portable,
+        metrics: None,
+        passive: true,
+        api_socket: None,
+        authorities: vec![pki_client::AuthorityEndpoint {
+            identity: pki_client::IdentityKey([1; 32]),
+            url: "http://127.0.0.1:9".into(),
+        }],
+    };
+    let err = node::Node::start(config).unwrap_err().to_string();
+    assert!(err.contains(&addr.to_string()), "{err}");
+}
+
+#[test]
+fn logs_to_a_file_carry_no_colour_codes() {
+    let d = dir("logs");
+    let path = d.join("node.toml");
+    let example = stdout(mixed().args(["node", "--example-config"]));
+    let text = example
+        .replace("listen = \"0.0.0.0:9000\"", "listen = \"127.0.0.1:0\"")
+        .replace("metrics = \"127.0.0.1:9100\"", "metrics = \"off\"")
+        .replace("passive = false", "passive = true");
+    std::fs::write(&path, text).unwrap();
+    let log = std::fs::File::create(d.join("node.log")).unwrap();
+    let mut child = mixed()
+        .args(["node", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline && !text.contains("node running") {
+        std::thread::sleep(Duration::from_millis(100));
+        text = std::fs::read_to_string(d.join("node.log")).unwrap();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("node running"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text:?}"
+    );
+}
