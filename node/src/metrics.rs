@@ -135,6 +135,13 @@ impl Metrics {
 
     /// Departure lateness after the slot, all cores: (p50, p99) in microseconds.
     pub fn lateness_micros(&self) -> (f64, f64) {
+        let (p50, p99, _, _) = self.lateness();
+        (p50, p99)
+    }
+
+    /// Departure lateness, all cores: p50 and p99 in microseconds, the sum in seconds and
+    /// the count of departures measured.
+    fn lateness(&self) -> (f64, f64, f64, u64) {
         let mut h = hdrhistogram::Histogram::<u64>::new(2).ok();
         for c in self.cores().iter().flatten() {
             if let Some(h) = h.as_mut() {
@@ -145,9 +152,11 @@ impl Metrics {
             (
                 h.value_at_quantile(0.5) as f64 / 1e3,
                 h.value_at_quantile(0.99) as f64 / 1e3,
+                h.mean() * h.len() as f64 / 1e9,
+                h.len(),
             )
         })
-        .unwrap_or((0.0, 0.0))
+        .unwrap_or((0.0, 0.0, 0.0, 0))
     }
 
     /// The Prometheus text rendering.
@@ -292,6 +301,8 @@ impl Metrics {
             cumulative += n;
             let _ = writeln!(out, "mixed_batch_size_bucket{{le=\"{le}\"}} {cumulative}");
         }
+        // every datagram received was handled in one batch
+        let _ = writeln!(out, "mixed_batch_size_sum {}", total.received);
         let _ = writeln!(out, "mixed_batch_size_count {cumulative}");
         let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
             let _ = writeln!(
@@ -323,7 +334,7 @@ impl Metrics {
             "Nodes in the installed consensus.",
             self.nodes.load(Ordering::Relaxed) as f64,
         );
-        let (p50, p99) = self.lateness_micros();
+        let (p50, p99, sum, count) = self.lateness();
         let _ = writeln!(
             out,
             "# HELP mixed_departure_lateness_seconds How late packets left after their slot.\n# TYPE mixed_departure_lateness_seconds summary"
@@ -338,6 +349,8 @@ impl Metrics {
             "mixed_departure_lateness_seconds{{quantile=\"0.99\"}} {}",
             p99 / 1e6
         );
+        let _ = writeln!(out, "mixed_departure_lateness_seconds_sum {sum}");
+        let _ = writeln!(out, "mixed_departure_lateness_seconds_count {count}");
         let returned = total.loops_returned as f64;
         let ended = (total.loops_returned + total.loops_lost) as f64;
         gauge(
@@ -345,6 +358,10 @@ impl Metrics {
             "loop_success_ratio",
             "Loops that returned, of those that ended.",
             if ended > 0.0 { returned / ended } else { 1.0 },
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mixed_core_info Each core and its I/O backend.\n# TYPE mixed_core_info gauge"
         );
         for (i, c) in cores.iter().enumerate() {
             if let Some(c) = c {
@@ -389,4 +406,118 @@ pub(crate) fn serve(
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Checks Prometheus text exposition line by line: HELP and TYPE before every family's
+    /// samples, valid names and labels, numeric values, histograms with `+Inf`, `_sum` and
+    /// `_count`, summaries with `_sum` and `_count`. Returns the samples by name.
+    fn parse(text: &str) -> HashMap<String, f64> {
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        };
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut helped = std::collections::HashSet::new();
+        let mut samples = HashMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap();
+                assert!(name_ok(name) && !help.is_empty(), "{line}");
+                helped.insert(name.to_owned());
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(helped.contains(name), "TYPE before HELP: {line}");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary"].contains(&kind),
+                    "{line}"
+                );
+                assert!(
+                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "{line}"
+                );
+                continue;
+            }
+            assert!(
+                !line.starts_with('#') && !line.is_empty(),
+                "stray line {line:?}"
+            );
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("value of {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, Some(l.strip_suffix('}').unwrap())),
+                None => (series, None),
+            };
+            assert!(name_ok(name), "{line}");
+            for pair in labels.into_iter().flat_map(|l| l.split(',')) {
+                let (k, v) = pair.split_once('=').unwrap();
+                assert!(
+                    name_ok(k) && v.starts_with('"') && v.ends_with('"'),
+                    "{line}"
+                );
+            }
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "no TYPE for {line}");
+            samples.insert(series.to_owned(), v);
+        }
+        for (family, kind) in &types {
+            match kind.as_str() {
+                "histogram" => {
+                    assert!(samples.contains_key(&format!("{family}_bucket{{le=\"+Inf\"}}")));
+                    assert!(samples.contains_key(&format!("{family}_sum")), "{family}");
+                    assert!(samples.contains_key(&format!("{family}_count")), "{family}");
+                }
+                "summary" => {
+                    assert!(samples.contains_key(&format!("{family}_sum")), "{family}");
+                    assert!(samples.contains_key(&format!("{family}_count")), "{family}");
+                }
+                _ => {}
+            }
+        }
+        samples
+    }
+
+    #[test]
+    fn the_exposition_is_complete_and_parses_line_by_line() {
+        let m = Metrics::new(2);
+        let mut lateness = hdrhistogram::Histogram::<u64>::new(2).unwrap();
+        lateness.record(1_000).unwrap();
+        lateness.record(3_000).unwrap();
+        for core in 0..2 {
+            m.publish(
+                core,
+                CoreSnapshot {
+                    counters: Counters::default(),
+                    held: 3,
+                    own_queued: 1,
+                    lateness: lateness.clone(),
+                    io: "portable",
+                },
+            );
+        }
+        m.count_undeliverable();
+        m.count_send_failed(2);
+        let samples = parse(&m.render());
+        assert_eq!(samples["mixed_held_packets"], 6.0);
+        assert_eq!(samples["mixed_send_failed_total"], 2.0);
+        assert_eq!(samples["mixed_departure_lateness_seconds_count"], 4.0);
+        assert_eq!(samples["mixed_core_info{core=\"1\",io=\"portable\"}"], 1.0);
+    }
 }
