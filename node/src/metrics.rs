@@ -372,44 +372,82 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until `stop`.
+/// Scrapes answered at once; a connection past them is answered 503 at once.
+const MAX_SCRAPES: usize = 32;
+/// How long a scrape may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Serves `GET /metrics` on `addr` until `stop`: each connection on its own short-lived
+/// thread, at most [`MAX_SCRAPES`] at once, each given [`REQUEST_TIMEOUT`] to ask, so idle
+/// or slow connections cannot hold up a scrape.
 pub(crate) fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr)?;
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
+    })?;
     listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("mixed-metrics".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut stream, _)) => {
-                        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-                        let mut request = [0u8; 1024];
-                        let n = stream.read(&mut request).unwrap_or(0);
-                        let ok = request[..n].starts_with(b"GET /metrics");
-                        let (status, body) = if ok {
-                            ("200 OK", metrics.render())
-                        } else {
-                            ("404 Not Found", "only GET /metrics is served here\n".to_owned())
-                        };
-                        let _ = write!(
-                            stream,
-                            "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
+                        let _ = stream.set_nonblocking(false);
+                        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPES {
+                            busy.fetch_sub(1, Ordering::AcqRel);
+                            let _ = respond(&mut stream, "503 Service Unavailable", "busy\n");
+                            continue;
+                        }
+                        let metrics = Arc::clone(&metrics);
+                        let done = Arc::clone(&busy);
+                        let spawned = std::thread::Builder::new()
+                            .name("mixed-scrape".into())
+                            .spawn(move || {
+                                scrape(&mut stream, &metrics);
+                                done.fetch_sub(1, Ordering::AcqRel);
+                            });
+                        if spawned.is_err() {
+                            busy.fetch_sub(1, Ordering::AcqRel);
+                            tracing::warn!("cannot start a metrics thread");
+                        }
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         })?;
-    Ok(())
+    Ok(bound)
+}
+
+fn scrape(stream: &mut std::net::TcpStream, metrics: &Metrics) {
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let mut request = [0u8; 1024];
+    let n = stream.read(&mut request).unwrap_or(0);
+    if request[..n].starts_with(b"GET /metrics") {
+        let _ = respond(stream, "200 OK", &metrics.render());
+    } else {
+        let _ = respond(
+            stream,
+            "404 Not Found",
+            "only GET /metrics is served here\n",
+        );
+    }
+}
+
+fn respond(stream: &mut std::net::TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::panic)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 mod tests {
     use std::collections::HashMap;
 
@@ -519,5 +557,42 @@ mod tests {
         assert_eq!(samples["mixed_send_failed_total"], 2.0);
         assert_eq!(samples["mixed_departure_lateness_seconds_count"], 4.0);
         assert_eq!(samples["mixed_core_info{core=\"1\",io=\"portable\"}"], 1.0);
+    }
+
+    #[test]
+    fn idle_connections_do_not_hold_up_a_scrape() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Metrics::new(1)),
+            Arc::clone(&stop),
+        )
+        .unwrap();
+        let idle: Vec<std::net::TcpStream> = (0..300)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let start = std::time::Instant::now();
+        let body = loop {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                break answer;
+            }
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no scrape in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // one at a time, 300 idle connections of 500 ms each held a scrape for 150 s
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert!(body.contains("mixed_packets_received_total"));
+        drop(idle);
+        stop.store(true, Ordering::Relaxed);
     }
 }
