@@ -258,7 +258,15 @@ pub fn load_or_create_key(path: &Path) -> Result<IdentitySecret, ConfigError> {
         path: path.display().to_string(),
         reason,
     };
-    match std::fs::read_to_string(path) {
+    let text = match std::fs::read_to_string(path) {
+        // an empty file holds no key (a crash before writes were atomic): make one
+        Ok(text) if text.trim().is_empty() => {
+            let _ = std::fs::remove_file(path);
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        }
+        other => other,
+    };
+    match text {
         Ok(text) => parse_hex32(&text)
             .map(IdentitySecret::from_bytes)
             .ok_or_else(|| key_err("expected 64 hex digits".into())),
@@ -274,19 +282,33 @@ pub fn load_or_create_key(path: &Path) -> Result<IdentitySecret, ConfigError> {
     }
 }
 
-/// Writes a file readable and writable by its owner only.
+/// Writes a new file readable and writable by its owner only, atomically: the text goes to
+/// a temporary file, is synced, and is linked into place only whole (an existing file is
+/// never replaced: `AlreadyExists`). A crash or a full disk leaves no partial key behind.
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     options.mode(0o600);
-    let mut f = options.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")
+    let written = options.open(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    // the new name survives a crash once the directory is synced
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
