@@ -12,10 +12,11 @@ use engine::{EpochKeys, ReplayFilter};
 use pki_client::{
     IdentitySecret, MixKeys, NodeDescriptor, PkiClient, Roles, SignatureChecked, Which,
 };
-use rand_core::SeedableRng;
+use rand_core::{Rng, SeedableRng};
+use scheduler::Timestamp;
 use scheduler::handoff::Sender;
 
-use crate::clock::unix_now;
+use crate::clock::{Clock, unix_now};
 use crate::core::Command;
 use crate::keys::KeyDir;
 use crate::metrics::Metrics;
@@ -38,6 +39,52 @@ pub(crate) struct Control {
     pub(crate) registered_in: Option<u64>,
     pub(crate) replay: Vec<(u64, Arc<ReplayFilter>)>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Clock,
+}
+
+/// Shortest and longest wait after a failed request to the authorities; before the epoch
+/// length is known the longest is [`BACKOFF_UNKNOWN`], after it a tenth of an epoch (so a
+/// backoff never costs a node its epoch).
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_UNKNOWN: Duration = Duration::from_secs(2);
+/// How often an authority is asked for the epoch while there is no consensus.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Exponential backoff with jitter: after each failure the wait doubles (to
+/// [`BACKOFF_MAX`]) and the next try comes at a uniformly random point of the second half
+/// of it, so nodes that failed together do not retry together.
+#[derive(Debug)]
+struct Backoff {
+    delay: Duration,
+    next: Timestamp,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            delay: BACKOFF_MIN / 2,
+            next: Timestamp::ZERO,
+        }
+    }
+
+    fn ready(&self, now: Timestamp) -> bool {
+        now >= self.next
+    }
+
+    /// A failure: wait up to twice as long as last time, at most `max`.
+    fn failed(&mut self, now: Timestamp, rng: &mut impl Rng, max: Duration) {
+        self.delay = (self.delay * 2).clamp(BACKOFF_MIN, max.max(BACKOFF_MIN));
+        let half = self.delay / 2;
+        let jitter = half.mul_f64((rng.next_u32() as f64) / f64::from(u32::MAX));
+        self.next = now.saturating_add(half + jitter);
+    }
+
+    /// A success: the next try may come after `pause`.
+    fn succeeded(&mut self, now: Timestamp, pause: Duration) {
+        self.delay = BACKOFF_MIN / 2;
+        self.next = now.saturating_add(pause);
+    }
 }
 
 impl Control {
@@ -50,34 +97,69 @@ impl Control {
         let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
         let mut pending: Option<SignatureChecked> = None;
         let mut schedule: Option<pki_client::NetworkParams> = None;
+        // every request to the authorities backs off on failure, each kind on its own
+        let (mut fetches, mut status, mut writes) =
+            (Backoff::new(), Backoff::new(), Backoff::new());
+        let mut told_epoch: Option<u64> = None;
         while !stop.load(Ordering::Relaxed) {
             let now = unix_now();
-            if schedule.is_none()
-                && let Ok(c) = self.client.fetch(Which::Current, &mut rng)
-            {
-                let (after, _) = c.validity();
-                if let Ok(v) = c.clone().check_valid_at(after, 0) {
-                    schedule = Some(*v.params());
+            let t = self.clock.now();
+            let max = schedule.map_or(BACKOFF_UNKNOWN, |p| {
+                Duration::from_secs(p.epoch_seconds)
+                    .div_f64(10.0)
+                    .min(BACKOFF_MAX)
+            });
+            if schedule.is_none() && fetches.ready(t) {
+                match self.client.fetch(Which::Current, &mut rng) {
+                    Ok(c) => {
+                        fetches.succeeded(t, Duration::ZERO);
+                        let (after, _) = c.validity();
+                        if let Ok(v) = c.clone().check_valid_at(after, 0) {
+                            schedule = Some(*v.params());
+                        }
+                        pending = Some(c);
+                    }
+                    Err(_) => fetches.failed(t, &mut rng, max),
                 }
-                pending = Some(c);
             }
             // the epoch: from the schedule, or, before any consensus exists, an authority's word
             let epoch = match schedule {
                 Some(p) => Some(p.epoch_at(now)),
-                None => self.client.current_epoch(),
+                None => {
+                    if status.ready(t) {
+                        match self.client.current_epoch() {
+                            Some(e) => {
+                                status.succeeded(t, STATUS_EVERY);
+                                told_epoch = Some(e);
+                            }
+                            None => status.failed(t, &mut rng, max),
+                        }
+                    }
+                    told_epoch
+                }
             };
             let bound = self.presence.bound.load(Ordering::Relaxed);
             if let Some(e) = epoch
                 && bound
                 && self.registered_in != Some(e)
+                && writes.ready(t)
             {
-                self.register(e);
+                if self.register(e) {
+                    writes.succeeded(t, Duration::ZERO);
+                } else {
+                    writes.failed(t, &mut rng, max);
+                }
             }
             if let Some(e) = epoch
                 && !bound
                 && self.registered_in.is_some()
+                && writes.ready(t)
             {
-                self.withdraw(e);
+                if self.withdraw(e) {
+                    writes.succeeded(t, Duration::ZERO);
+                } else {
+                    writes.failed(t, &mut rng, max);
+                }
             }
             if let Some(e) = epoch
                 && self.installed.is_none_or(|i| i < e)
@@ -86,7 +168,20 @@ impl Control {
                     Some(c) if c.epoch() == e => Some(c),
                     other => {
                         pending = other;
-                        self.client.fetch(Which::Epoch(e), &mut rng).ok()
+                        if fetches.ready(t) {
+                            match self.client.fetch(Which::Epoch(e), &mut rng) {
+                                Ok(c) => {
+                                    fetches.succeeded(t, Duration::ZERO);
+                                    Some(c)
+                                }
+                                Err(_) => {
+                                    fetches.failed(t, &mut rng, max);
+                                    None
+                                }
+                            }
+                        } else {
+                            None
+                        }
                     }
                 };
                 if let Some(c) = c {
@@ -107,9 +202,15 @@ impl Control {
                 let into = now.saturating_sub(params.epoch_start(e));
                 if into * 2 >= params.epoch_seconds
                     && pending.as_ref().is_none_or(|p| p.epoch() != e + 1)
-                    && let Ok(c) = self.client.fetch(Which::Epoch(e + 1), &mut rng)
+                    && fetches.ready(t)
                 {
-                    pending = Some(c);
+                    match self.client.fetch(Which::Epoch(e + 1), &mut rng) {
+                        Ok(c) => {
+                            fetches.succeeded(t, Duration::ZERO);
+                            pending = Some(c);
+                        }
+                        Err(_) => fetches.failed(t, &mut rng, max),
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -137,25 +238,29 @@ impl Control {
         .ok()
     }
 
-    fn register(&mut self, epoch: u64) {
+    /// Registers for `epoch`; whether a majority took it.
+    fn register(&mut self, epoch: u64) -> bool {
         let Some(d) = self.descriptor(epoch) else {
-            return;
+            return false;
         };
         let answers = self.client.register(&d);
         let ok = answers.iter().filter(|(_, r)| r.is_ok()).count();
         if ok * 2 > answers.len() {
             self.registered_in = Some(epoch);
+            true
         } else {
             for (url, r) in &answers {
                 if let Err(e) = r {
-                    tracing::warn!(%url, %e, "registration refused; retrying");
+                    tracing::warn!(%url, %e, "registration refused; retrying with backoff");
                 }
             }
+            false
         }
     }
 
-    /// unbindanon: the node leaves the consensus from the next epoch on.
-    fn withdraw(&mut self, epoch: u64) {
+    /// unbindanon: the node leaves the consensus from the next epoch on; whether a majority
+    /// took the withdrawal.
+    fn withdraw(&mut self, epoch: u64) -> bool {
         let sequence = unix_now() * 1000 + u64::from(self.metrics.bump_sequence() % 1000);
         let Ok(w) = pki_client::Withdrawal {
             identity: self.identity.public(),
@@ -163,12 +268,14 @@ impl Control {
             from_epoch: epoch + 1,
         }
         .sign(&self.identity) else {
-            return;
+            return false;
         };
         let answers = self.client.withdraw(&w);
-        if answers.iter().filter(|(_, r)| r.is_ok()).count() * 2 > answers.len() {
+        let taken = answers.iter().filter(|(_, r)| r.is_ok()).count() * 2 > answers.len();
+        if taken {
             self.registered_in = None;
         }
+        taken
     }
 
     fn install(&mut self, epoch: u64, consensus: pki_client::VerifiedConsensus) {

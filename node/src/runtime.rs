@@ -227,6 +227,7 @@ impl Node {
                     registered_in: None,
                     replay: Vec::new(),
                     metrics: control_metrics,
+                    clock,
                 };
                 control.run(&control_stop);
             })?;

@@ -160,3 +160,44 @@ fn logs_to_a_file_carry_no_colour_codes() {
         "colour codes in a log file: {text:?}"
     );
 }
+
+#[test]
+fn a_node_without_a_consensus_backs_off_instead_of_hammering_the_authorities() {
+    // an authority that accepts and hangs up: every request fails at once
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let d = dir("backoff");
+    let config = NodeConfig {
+        key_dir: d.join("keys"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        bandwidth: 10.0,
+        cores: 1,
+        io: node::IoChoice::Portable,
+        metrics: None,
+        passive: true,
+        api_socket: None,
+        authorities: vec![pki_client::AuthorityEndpoint {
+            identity: pki_client::IdentityKey([1; 32]),
+            url,
+        }],
+    };
+    let node = node::Node::start(config).unwrap();
+    let start = std::time::Instant::now();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                requests += 1;
+                drop(s);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    node.stop();
+    // every 100 ms, two requests a turn, was 80 in four seconds; with backoff (0.2, 0.4,
+    // 0.8, then at most 2 s between tries, for the consensus and the epoch each) about 12
+    assert!(requests <= 24, "{requests} requests in 4 s");
+    assert!(requests >= 2, "the node asked nothing: {requests}");
+}
