@@ -40,7 +40,13 @@ pub(crate) struct Control {
     pub(crate) replay: Vec<(u64, Arc<ReplayFilter>)>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clock: Clock,
+    /// When a node that left stops forwarding (unix seconds).
+    pub(crate) stop_forwarding_at: Option<u64>,
 }
+
+/// How long a node that left keeps forwarding after the consensus no longer lists it: the
+/// engines' grace for the previous epoch's key.
+const LEAVE_GRACE_SECONDS: u64 = 30;
 
 /// Shortest and longest wait after a failed request to the authorities; before the epoch
 /// length is known the longest is [`BACKOFF_UNKNOWN`], after it a tenth of an epoch (so a
@@ -213,6 +219,14 @@ impl Control {
                     }
                 }
             }
+            if self.presence.bound.load(Ordering::Relaxed) {
+                self.stop_forwarding_at = None;
+            } else if self.stop_forwarding_at.is_some_and(|at| now >= at) {
+                self.stop_forwarding_at = None;
+                for s in &self.senders {
+                    let _ = s.try_send(Command::SetForwarding(false));
+                }
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -296,6 +310,14 @@ impl Control {
         self.replay.retain(|(e, _)| *e + 2 > epoch);
         let consensus = Arc::new(consensus);
         self.metrics.set_nodes(consensus.nodes().len());
+        // a node that left forwards until the consensus no longer lists it, and through the
+        // previous key's grace after (packets built under the old consensus still come)
+        let listed = consensus.node(&self.identity.public().node_id()).is_some();
+        self.presence.listed.store(listed, Ordering::Relaxed);
+        if !listed && !self.presence.bound.load(Ordering::Relaxed) {
+            self.stop_forwarding_at
+                .get_or_insert(unix_now() + LEAVE_GRACE_SECONDS);
+        }
         let params = *consensus.params();
         let own_rate = f64::from(params.rho_permille) / 1000.0 * self.bandwidth
             / f64::from(params.hops.max(1));

@@ -14,6 +14,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -76,6 +77,11 @@ enum Command {
         /// Print this node's identity key and node ID (creating its keys if absent) and exit.
         #[arg(long, requires = "config")]
         print_key: bool,
+        /// On SIGTERM or SIGINT, how long to keep forwarding while the node leaves the
+        /// consensus (it withdraws at once; the others route through it until the next
+        /// consensus). A second signal stops at once.
+        #[arg(long, default_value_t = 2400)]
+        leave_seconds: u64,
     },
     /// Run a directory authority: it takes node descriptors, votes with its peers, signs the
     /// consensus of each epoch and serves it over HTTP.
@@ -147,8 +153,9 @@ fn main() -> Result<()> {
             config: Some(path),
             passive,
             io,
+            leave_seconds,
             ..
-        } => run_node(&path, passive, io),
+        } => run_node(&path, passive, io, Duration::from_secs(leave_seconds)),
         Command::Node { config: None, .. } => {
             anyhow::bail!("--config is required (see --example-config)")
         }
@@ -243,7 +250,12 @@ fn run_demo(
     Ok(())
 }
 
-fn run_node(path: &std::path::Path, passive: bool, io: Option<IoChoice>) -> Result<()> {
+fn run_node(
+    path: &std::path::Path,
+    passive: bool,
+    io: Option<IoChoice>,
+    leave: Duration,
+) -> Result<()> {
     let mut config = node::NodeConfig::load(path)?;
     config.passive |= passive;
     if let Some(io) = io {
@@ -259,8 +271,22 @@ fn run_node(path: &std::path::Path, passive: bool, io: Option<IoChoice>) -> Resu
         "node running"
     );
     wait_for_shutdown_signal()?;
-    tracing::info!("shutting down");
+    if n.is_listed() && !leave.is_zero() {
+        tracing::info!(
+            seconds = leave.as_secs(),
+            "leaving: withdrawn from the next consensus, forwarding until it is out (a second signal stops now)"
+        );
+        std::thread::spawn(|| {
+            if wait_for_shutdown_signal().is_ok() {
+                stop_now();
+            }
+        });
+        if !n.leave(leave) {
+            tracing::warn!("still in the consensus after the leave time: stopping anyway");
+        }
+    }
     n.stop();
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -275,6 +301,13 @@ fn run_dirauth(path: &std::path::Path) -> Result<()> {
     tracing::info!("shutting down");
     handle.stop();
     Ok(())
+}
+
+/// A second signal while leaving: the operator wants the process gone, now.
+#[allow(clippy::exit)]
+fn stop_now() {
+    tracing::info!("second signal: stopping now");
+    std::process::exit(0);
 }
 
 /// Blocks until SIGINT or SIGTERM.

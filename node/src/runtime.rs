@@ -228,6 +228,7 @@ impl Node {
                     replay: Vec::new(),
                     metrics: control_metrics,
                     clock,
+                    stop_forwarding_at: None,
                 };
                 control.run(&control_stop);
             })?;
@@ -337,6 +338,25 @@ impl Node {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Whether the installed consensus lists this node.
+    pub fn is_listed(&self) -> bool {
+        self.presence.listed.load(Ordering::Relaxed)
+    }
+
+    /// Leaves the network gracefully (what SIGTERM does, before [`Self::stop`]): withdraws
+    /// from the next consensus and keeps forwarding for the others until a consensus without
+    /// this node is installed (or `timeout` passes). Returns whether it got out in time.
+    pub fn leave(&self, timeout: Duration) -> bool {
+        self.presence.bound.store(false, Ordering::Relaxed);
+        let deadline = self.clock.now().saturating_add(timeout);
+        let mut out = !self.is_listed();
+        while !out && self.clock.now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            out = !self.is_listed();
+        }
+        out
     }
 
     /// Stops every thread and waits for them.

@@ -77,6 +77,8 @@ impl OwnQueues {
 #[derive(Debug)]
 pub(crate) struct Presence {
     pub(crate) bound: AtomicBool,
+    /// Whether the installed consensus lists this node (set by the control thread).
+    pub(crate) listed: AtomicBool,
     bandwidth: AtomicU64,
 }
 
@@ -84,6 +86,7 @@ impl Presence {
     pub(crate) fn new(bound: bool, bandwidth: f64) -> Self {
         Presence {
             bound: AtomicBool::new(bound),
+            listed: AtomicBool::new(false),
             bandwidth: AtomicU64::new(bandwidth.to_bits()),
         }
     }
@@ -440,8 +443,10 @@ impl Service {
                 Ok(([0; 16], None))
             }
             Request::Unbind => {
+                // withdrawn from the next consensus; others may still route through this
+                // node until then, so it forwards until a consensus without it is installed
+                // (the control thread stops the forwarding then)
                 self.presence.bound.store(false, Ordering::Relaxed);
-                (self.set_forwarding)(false);
                 Ok(([0; 16], None))
             }
         }

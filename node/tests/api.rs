@@ -357,3 +357,40 @@ fn the_local_socket_serves_at_most_64_applications_and_says_so() {
         }
     }
 }
+
+#[test]
+fn a_leaving_node_withdraws_keeps_forwarding_and_stops_once_out_of_the_consensus() {
+    let mut net = network();
+    let listed = net.nodes[0].metrics().nodes();
+    let leaving = net.nodes.remove(3);
+    assert!(
+        leaving.is_listed(),
+        "a bound node of the demo is in the consensus"
+    );
+    let start = Instant::now();
+    assert!(
+        leaving.leave(Duration::from_secs(20)),
+        "still listed after 20 s"
+    );
+    // out within the next consensus or the one after (4 s epochs)
+    assert!(
+        start.elapsed() < Duration::from_secs(14),
+        "{:?}",
+        start.elapsed()
+    );
+    // it forwarded all along: nothing routed through it was refused while it was listed
+    assert_eq!(
+        leaving.counters().drops(engine::DropReason::NotForwarding),
+        0
+    );
+    leaving.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.nodes[0].metrics().nodes() >= listed && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        net.nodes[0].metrics().nodes(),
+        listed - 1,
+        "the others see it gone"
+    );
+}
