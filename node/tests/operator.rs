@@ -27,6 +27,25 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
+/// A passive node of one core listening on `listen`, with one authority at `url`.
+fn passive_node(name: &str, listen: std::net::SocketAddr, url: String) -> NodeConfig {
+    NodeConfig {
+        key_dir: dir(name).join("keys"),
+        listen,
+        advertise: None,
+        bandwidth: 10.0,
+        cores: 1,
+        io: node::IoChoice::Portable,
+        metrics: None,
+        passive: true,
+        api_socket: None,
+        authorities: vec![pki_client::AuthorityEndpoint {
+            identity: pki_client::IdentityKey([1; 32]),
+            url,
+        }],
+    }
+}
+
 fn stdout(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(
@@ -107,22 +126,7 @@ fn an_authority_url_without_a_scheme_is_a_clear_error() {
 fn a_taken_address_is_named_in_the_error() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let d = dir("taken");
-    let config = NodeConfig {
-        key_dir: d.join("keys"),
-        listen: addr,
-        advertise: None,
-        bandwidth: 10.0,
-        cores: 1,
-        io: node::IoChoice::Portable,
-        metrics: None,
-        passive: true,
-        api_socket: None,
-        authorities: vec![pki_client::AuthorityEndpoint {
-            identity: pki_client::IdentityKey([1; 32]),
-            url: "http://127.0.0.1:9".into(),
-        }],
-    };
+    let config = passive_node("taken", addr, "http://127.0.0.1:9".into());
     let err = node::Node::start(config).unwrap_err().to_string();
     assert!(err.contains(&addr.to_string()), "{err}");
 }
@@ -167,22 +171,7 @@ fn a_node_without_a_consensus_backs_off_instead_of_hammering_the_authorities() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     listener.set_nonblocking(true).unwrap();
-    let d = dir("backoff");
-    let config = NodeConfig {
-        key_dir: d.join("keys"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
-        bandwidth: 10.0,
-        cores: 1,
-        io: node::IoChoice::Portable,
-        metrics: None,
-        passive: true,
-        api_socket: None,
-        authorities: vec![pki_client::AuthorityEndpoint {
-            identity: pki_client::IdentityKey([1; 32]),
-            url,
-        }],
-    };
+    let config = passive_node("backoff", "127.0.0.1:0".parse().unwrap(), url);
     let node = node::Node::start(config).unwrap();
     let start = std::time::Instant::now();
     let mut requests = 0;
