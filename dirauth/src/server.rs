@@ -258,7 +258,13 @@ async fn get_signature(
     }
 }
 
-async fn get_status(State(shared): State<Arc<Shared>>) -> Response {
+async fn get_status(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(r) = rate_limited(&shared, from) {
+        return r;
+    }
     let status = shared.authority().status(unix_now() as u64);
     (
         [(header::CONTENT_TYPE, "application/json")],

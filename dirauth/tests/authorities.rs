@@ -187,6 +187,17 @@ fn too_many_requests_from_one_address_are_rate_limited() {
 }
 
 #[test]
+fn the_status_endpoint_is_rate_limited_too() {
+    let mut net = Net::start(1, 16);
+    net.limits.requests_per_second = 1.0;
+    net.limits.burst = 3.0;
+    net.restart(0);
+    let statuses: Vec<u16> = (0..6).map(|_| net.get(0, "/v1/status")).collect();
+    assert_eq!(&statuses[..3], &[200, 200, 200]);
+    assert!(statuses[3..].iter().all(|&s| s == 429), "{statuses:?}");
+}
+
+#[test]
 fn a_consensus_altered_in_transit_is_refused_with_the_reason() {
     let mut net = Net::start(3, 7);
     let (_, d) = net.node(1, 1);

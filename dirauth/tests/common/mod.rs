@@ -260,6 +260,20 @@ impl Net {
     }
 
     /// POSTs raw bytes; returns status and body.
+    pub fn get(&self, i: usize, path: &str) -> u16 {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build(),
+        );
+        agent
+            .get(&format!("{}{path}", self.endpoints[i].url))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub fn post(&self, i: usize, path: &str, body: &[u8]) -> (u16, String) {
         let agent = ureq::Agent::new_with_config(
             ureq::Agent::config_builder()
