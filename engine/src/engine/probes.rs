@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crypto_simd::sphinx::{self, Delay, Destination, Hop, MixPublicKey, NodeId, PacketRequest};
+use crypto_simd::sphinx::{
+    self, BuildError, Delay, Destination, Hop, MixPublicKey, NodeId, PacketRequest,
+};
 use rand_core::Rng;
 use scheduler::{ExpDelay, Timestamp};
 
@@ -59,33 +61,13 @@ impl Engine {
             self.rng.fill_bytes(&mut destinations[k].identifier);
             built = k + 1;
         }
-        let mut bufs = [0u32; LOOP_STOCK];
-        let mut taken = 0;
-        while taken < built {
-            match self.pool.take() {
-                Some(b) => {
-                    bufs[taken] = b;
-                    taken += 1;
-                }
-                None => break,
-            }
-        }
         let requests: [PacketRequest<'_>; LOOP_STOCK] = core::array::from_fn(|k| PacketRequest {
             route: &routes[k][..h + 1],
             delays: &delays[k][..h],
             destination: &destinations[k],
             message: &[],
         });
-        let mut results = [Ok(()); LOOP_STOCK];
-        {
-            let mut outs = self.pool.many_mut(&bufs[..taken]);
-            let _ = sphinx::build_packets(
-                &requests[..taken],
-                &mut self.rng,
-                &mut outs[..taken],
-                &mut results[..taken],
-            );
-        }
+        let (bufs, results, taken) = self.build_batch(&requests[..built]);
         for k in 0..taken {
             let first = routes[k][0].id.0;
             match (results[k], self.address_of(&first)) {
@@ -139,29 +121,13 @@ impl Engine {
             destinations[k].address = routes[k][0].id.0;
             built = k + 1;
         }
-        let mut bufs = [0u32; LOOP_STOCK];
-        let mut taken = 0;
-        while taken < built {
-            let Some(b) = self.pool.take() else { break };
-            bufs[taken] = b;
-            taken += 1;
-        }
         let requests: [PacketRequest<'_>; LOOP_STOCK] = core::array::from_fn(|k| PacketRequest {
             route: &routes[k],
             delays: &[],
             destination: &destinations[k],
             message: &[],
         });
-        let mut results = [Ok(()); LOOP_STOCK];
-        {
-            let mut outs = self.pool.many_mut(&bufs[..taken]);
-            let _ = sphinx::build_packets(
-                &requests[..taken],
-                &mut self.rng,
-                &mut outs[..taken],
-                &mut results[..taken],
-            );
-        }
+        let (bufs, results, taken) = self.build_batch(&requests[..built]);
         for k in 0..taken {
             match (results[k], self.address_of(&routes[k][0].id.0)) {
                 (Ok(()), Some(to)) => self.cover.push_back(Queued {
@@ -173,5 +139,35 @@ impl Engine {
                 _ => self.pool.give_back(bufs[k]),
             }
         }
+    }
+
+    /// Builds `requests` (at most [`LOOP_STOCK`]) into free pool buffers in one batch, their
+    /// X25519 ladders side by side, as many as there are buffers: returns the buffers, each
+    /// build's result, and how many were taken.
+    fn build_batch(
+        &mut self,
+        requests: &[PacketRequest<'_>],
+    ) -> (
+        [u32; LOOP_STOCK],
+        [Result<(), BuildError>; LOOP_STOCK],
+        usize,
+    ) {
+        let mut bufs = [0u32; LOOP_STOCK];
+        let mut taken = 0;
+        while taken < requests.len().min(LOOP_STOCK) {
+            let Some(b) = self.pool.take() else { break };
+            bufs[taken] = b;
+            taken += 1;
+        }
+        let mut results = [Ok(()); LOOP_STOCK];
+        let mut outs = self.pool.many_mut(&bufs[..taken]);
+        // the lengths match by construction
+        let _ = sphinx::build_packets(
+            &requests[..taken],
+            &mut self.rng,
+            &mut outs[..taken],
+            &mut results[..taken],
+        );
+        (bufs, results, taken)
     }
 }
