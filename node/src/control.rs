@@ -38,11 +38,17 @@ pub(crate) struct Control {
     pub(crate) installed: Option<u64>,
     pub(crate) registered_in: Option<u64>,
     pub(crate) replay: Vec<(u64, Arc<ReplayFilter>)>,
+    /// The newest epoch whose key the cores honour ahead of its installation.
+    pub(crate) prepared: Option<u64>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clock: Clock,
     /// When a node that left stops forwarding (unix seconds).
     pub(crate) stop_forwarding_at: Option<u64>,
 }
+
+/// How long before the next epoch starts its key is honoured (at most half an epoch):
+/// covers the other nodes' clocks and polls being ahead of this node's.
+const AHEAD_LEAD: u64 = 30;
 
 /// How long a node that left keeps forwarding after the consensus no longer lists it: the
 /// engines' grace for the previous epoch's key.
@@ -219,6 +225,9 @@ impl Control {
                     }
                 }
             }
+            if let Some(e) = epoch {
+                self.prepare_ahead(e, schedule.as_ref(), now);
+            }
             if self.presence.bound.load(Ordering::Relaxed) {
                 self.stop_forwarding_at = None;
             } else if self.stop_forwarding_at.is_some_and(|at| now >= at) {
@@ -292,6 +301,68 @@ impl Control {
         taken
     }
 
+    /// The replay filter of `epoch`'s key, made on first use: the one filter the key has,
+    /// whether the cores honour it ahead or installed.
+    fn replay_for(&mut self, epoch: u64, epoch_seconds: Option<u64>) -> Arc<ReplayFilter> {
+        if let Some((_, f)) = self.replay.iter().find(|(e, _)| *e == epoch) {
+            return Arc::clone(f);
+        }
+        // sized for the epoch: every packet this node may see under the key, four times
+        // over (an hour's worth before the epoch length is known)
+        let seconds = epoch_seconds.unwrap_or(3600);
+        let capacity = ((self.bandwidth * 4.0) as usize)
+            .saturating_mul(seconds as usize + 60)
+            .clamp(1 << 14, 1 << 27);
+        let replay = Arc::new(ReplayFilter::new(capacity));
+        self.replay.push((epoch, Arc::clone(&replay)));
+        // the installed epoch's, the previous one's (its grace) and those ahead
+        let oldest = self.installed.map_or(0, |i| i.saturating_sub(1));
+        self.replay.retain(|(e, _)| *e >= oldest);
+        replay
+    }
+
+    /// Has the cores honour the keys of epochs other nodes may already send under: before
+    /// any epoch is installed, the current one's; from [`AHEAD_LEAD`] (at most half an
+    /// epoch) before the next epoch starts, the next one's.
+    fn prepare_ahead(
+        &mut self,
+        epoch: u64,
+        schedule: Option<&pki_client::NetworkParams>,
+        now: u64,
+    ) {
+        let mut want = Vec::with_capacity(2);
+        if self.installed.is_none() {
+            want.push(epoch);
+        }
+        if let Some(p) = schedule {
+            let lead = AHEAD_LEAD.min(p.epoch_seconds / 2);
+            if p.epoch_start(epoch + 1).saturating_sub(now) <= lead {
+                want.push(epoch + 1);
+            }
+        }
+        for e in want {
+            if self.prepared.is_some_and(|p| p >= e) || self.installed.is_some_and(|i| i >= e) {
+                continue;
+            }
+            let secret = match self.keys.mix_key(e) {
+                Ok(k) => k,
+                Err(err) => {
+                    tracing::error!(%err, "mix key");
+                    return;
+                }
+            };
+            let replay = self.replay_for(e, schedule.map(|p| p.epoch_seconds));
+            for s in &self.senders {
+                let _ = s.try_send(Command::PrepareKey {
+                    epoch: e,
+                    secret: secret.clone(),
+                    replay: Arc::clone(&replay) as Arc<dyn engine::ReplayCheck>,
+                });
+            }
+            self.prepared = Some(e);
+        }
+    }
+
     fn install(&mut self, epoch: u64, consensus: pki_client::VerifiedConsensus) {
         let secret = match self.keys.mix_key(epoch) {
             Ok(k) => k,
@@ -300,14 +371,7 @@ impl Control {
                 return;
             }
         };
-        let params = *consensus.params();
-        // sized for the epoch: every packet this node may see under the key, four times over
-        let capacity = ((self.bandwidth * 4.0) as usize)
-            .saturating_mul(params.epoch_seconds as usize + 60)
-            .clamp(1 << 14, 1 << 27);
-        let replay = Arc::new(ReplayFilter::new(capacity));
-        self.replay.push((epoch, Arc::clone(&replay)));
-        self.replay.retain(|(e, _)| *e + 2 > epoch);
+        let replay = self.replay_for(epoch, Some(consensus.params().epoch_seconds));
         let consensus = Arc::new(consensus);
         self.metrics.set_nodes(consensus.nodes().len());
         // a node that left forwards until the consensus no longer lists it, and through the

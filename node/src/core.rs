@@ -38,6 +38,12 @@ pub struct NodeEvent {
 /// A command for a core.
 pub(crate) enum Command {
     Install(EpochKeys),
+    /// Honour this node's key for an epoch not yet installed ([`engine::Engine::prepare_key`]).
+    PrepareKey {
+        epoch: u64,
+        secret: crypto_simd::sphinx::MixSecretKey,
+        replay: Arc<dyn engine::ReplayCheck>,
+    },
     SetForwarding(bool),
     Send {
         to: [u8; 32],
@@ -174,6 +180,11 @@ impl CoreTask {
                         Err(e) => tracing::error!(core = index, %e, "cannot install the epoch"),
                     }
                 }
+                Command::PrepareKey {
+                    epoch,
+                    secret,
+                    replay,
+                } => stack.engine_mut().prepare_key(epoch, secret, replay),
                 Command::SetForwarding(on) => stack.engine_mut().set_forwarding(on),
                 Command::Send { to, payload, reply } => {
                     let _ = reply.try_send(stack.engine_mut().send_message(to, &payload));

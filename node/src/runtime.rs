@@ -225,6 +225,7 @@ impl Node {
                     senders,
                     installed: None,
                     registered_in: None,
+                    prepared: None,
                     replay: Vec::new(),
                     metrics: control_metrics,
                     clock,

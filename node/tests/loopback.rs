@@ -272,3 +272,30 @@ fn bad_configuration_and_key_files_are_clear_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fault_free_network_drops_nothing_for_keys_across_five_epoch_boundaries() {
+    // packets built under the next epoch's key reach nodes a little before they install
+    // it (their clocks and polls differ): they must be accepted, not counted as damage
+    let net = LocalNetwork::start(&options(5, IoChoice::Auto, 1)).unwrap();
+    let first = net.nodes.iter().filter_map(|n| n.epoch()).max().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(6 * net.params.epoch_seconds + 10);
+    while net
+        .nodes
+        .iter()
+        .any(|n| n.epoch().is_none_or(|e| e < first + 5))
+    {
+        assert!(Instant::now() < deadline, "the epochs did not advance");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    deliver(&net, 5);
+    for (i, node) in net.nodes.iter().enumerate() {
+        let c = node.counters();
+        assert!(c.received > 500, "node {i} received too little: {c:?}");
+        assert_eq!(
+            (c.drops(DropReason::HeaderMac), c.drops(DropReason::NoKey)),
+            (0, 0),
+            "node {i}: {c:?}"
+        );
+    }
+}

@@ -1,16 +1,30 @@
 //! Epochs: the consensus and this node's key for each, the previous key honoured for a
-//! grace after a new epoch starts, the addresses of the epoch's nodes.
+//! grace after a new epoch starts, the next epoch's key honoured a little before it is
+//! installed, the addresses of the epoch's nodes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crypto_simd::sphinx::{self, HEADER_LEN};
+use crypto_simd::sphinx::{self, HEADER_LEN, MixSecretKey};
 use scheduler::{EmissionParams, Emitter, ExpDelay, Timestamp};
 
 use super::{Engine, EpochKeys};
 use crate::pool::PacketPool;
+use crate::replay::ReplayCheck;
+
+/// Keys of epochs not yet installed that are honoured at once: the current epoch's (while
+/// its consensus is not yet at hand) and the next one's.
+pub(super) const MAX_AHEAD: usize = 2;
+
+/// The key of an epoch not yet installed.
+#[derive(Clone, Debug)]
+pub(super) struct AheadKey {
+    pub(super) epoch: u64,
+    pub(super) secret: MixSecretKey,
+    pub(super) replay: Arc<dyn ReplayCheck>,
+}
 
 #[derive(Debug)]
 pub(super) struct EpochState {
@@ -42,6 +56,27 @@ pub enum InstallError {
 }
 
 impl Engine {
+    /// Honours this node's key for `epoch` before that epoch is installed: a node that
+    /// installed it a moment earlier (its clock or its poll ahead of this one's) already
+    /// sends under it, and those packets are authentic. `replay` must be the filter that
+    /// [`Engine::install_epoch`] later gets for the epoch. Keys of epochs already installed
+    /// are ignored; at most [`MAX_AHEAD`] are kept, the newest.
+    pub fn prepare_key(&mut self, epoch: u64, secret: MixSecretKey, replay: Arc<dyn ReplayCheck>) {
+        if self.epoch().is_some_and(|e| epoch <= e) {
+            return;
+        }
+        self.ahead.retain(|k| k.epoch != epoch);
+        self.ahead.push(AheadKey {
+            epoch,
+            secret,
+            replay,
+        });
+        self.ahead.sort_by_key(|k| k.epoch);
+        if self.ahead.len() > MAX_AHEAD {
+            self.ahead.remove(0);
+        }
+    }
+
     /// Installs an epoch: its consensus, this node's key for it, and the key's replay filter.
     /// The previous epoch's key stays valid for the configured grace. The first epoch
     /// fixes the packet size.
@@ -95,6 +130,8 @@ impl Engine {
             .collect();
         let listed = Arc::clone(&keys.consensus);
         self.loops.retain_nodes(|id| listed.node(id).is_some());
+        let epoch = keys.consensus.epoch();
+        self.ahead.retain(|k| k.epoch > epoch);
         let state = EpochState { keys, addrs };
         if let Some(old) = self.current.replace(state) {
             self.previous = Some((old, now.saturating_add(self.config.grace)));

@@ -1,15 +1,16 @@
 //! Ingress: a batch of datagrams checked for size, unwrapped together (their X25519
-//! ladders side by side), retried under the previous epoch's key, checked against the
+//! ladders side by side), retried under the previous epoch's key and the keys prepared
+//! ahead, checked against the
 //! replay filter, then held for their delay or delivered.
 
 use std::sync::Arc;
 
-use crypto_simd::sphinx::{self, HEADER_LEN, ProcessError, Processed, Routing};
+use crypto_simd::sphinx::{self, HEADER_LEN, MixSecretKey, ProcessError, Processed, Routing};
 use scheduler::Timestamp;
 
-use super::{COVER_IDENTIFIER, Engine, Event, MAX_BATCH, MAX_EVENTS};
+use super::{COVER_IDENTIFIER, Engine, Event, MAX_AHEAD, MAX_BATCH, MAX_EVENTS};
 use crate::counters::DropReason;
-use crate::replay::Seen;
+use crate::replay::{ReplayCheck, Seen};
 
 impl Engine {
     /// Handles a batch of received datagrams (any number; unwrapped 64 at a time, their
@@ -23,20 +24,32 @@ impl Engine {
     }
 
     pub(super) fn handle_chunk<B: AsMut<[u8]>>(&mut self, now: Timestamp, chunk: &mut [B]) {
-        let Some(current) = &self.current else {
+        // the keys a packet may be under, most likely first: the installed epoch's (or, before
+        // any is, the oldest prepared one), the previous epoch's through its grace, then the
+        // keys prepared ahead
+        let mut keys: [Option<(MixSecretKey, Arc<dyn ReplayCheck>)>; 2 + MAX_AHEAD] =
+            Default::default();
+        let mut k = 0;
+        if let Some(c) = &self.current {
+            keys[k] = Some((c.keys.secret.clone(), Arc::clone(&c.keys.replay)));
+            k += 1;
+        }
+        if let Some((p, until)) = &self.previous
+            && now <= *until
+        {
+            keys[k] = Some((p.keys.secret.clone(), Arc::clone(&p.keys.replay)));
+            k += 1;
+        }
+        for a in &self.ahead {
+            keys[k] = Some((a.secret.clone(), Arc::clone(&a.replay)));
+            k += 1;
+        }
+        if k == 0 {
             for _ in chunk.iter() {
                 self.counters.drop(DropReason::NoKey);
             }
             return;
-        };
-        let secret = current.keys.secret.clone();
-        let replay = Arc::clone(&current.keys.replay);
-        let previous = match &self.previous {
-            Some((p, until)) if now <= *until => {
-                Some((p.keys.secret.clone(), Arc::clone(&p.keys.replay)))
-            }
-            _ => None,
-        };
+        }
 
         let mut refs: [&mut [u8]; MAX_BATCH] = core::array::from_fn(|_| &mut [][..]);
         let mut n = 0;
@@ -50,12 +63,17 @@ impl Engine {
             }
         }
         let mut results = [Err(ProcessError::TooShort); MAX_BATCH];
-        let mut under_previous = [false; MAX_BATCH];
-        // lengths always match here
-        let _ = sphinx::process_batch_in_place(&secret, &mut refs[..n], &mut results[..n]);
+        // which of `keys` each packet opened under
+        let mut under = [0usize; MAX_BATCH];
+        if let Some((first, _)) = &keys[0] {
+            // lengths always match here
+            let _ = sphinx::process_batch_in_place(first, &mut refs[..n], &mut results[..n]);
+        }
 
-        // packets that fail the MAC may be under the previous epoch's key
-        if let Some((prev_secret, _)) = &previous {
+        // packets that fail the MAC may be under another of the keys (a failed MAC check
+        // leaves the buffer as it was)
+        for (key_index, key) in keys.iter().enumerate().skip(1) {
+            let Some((secret, _)) = key else { break };
             let mut retry: [&mut [u8]; MAX_BATCH] = core::array::from_fn(|_| &mut [][..]);
             let mut which = [0usize; MAX_BATCH];
             let mut m = 0;
@@ -66,12 +84,15 @@ impl Engine {
                     m += 1;
                 }
             }
+            if m == 0 {
+                break;
+            }
             let mut again = [Err(ProcessError::TooShort); MAX_BATCH];
-            let _ = sphinx::process_batch_in_place(prev_secret, &mut retry[..m], &mut again[..m]);
+            let _ = sphinx::process_batch_in_place(secret, &mut retry[..m], &mut again[..m]);
             for k in 0..m {
                 if again[k].is_ok() {
                     results[which[k]] = again[k];
-                    under_previous[which[k]] = true;
+                    under[which[k]] = key_index;
                 }
             }
         }
@@ -80,9 +101,8 @@ impl Engine {
             match results[j] {
                 Err(e) => self.counters.drop(DropReason::from_process(e)),
                 Ok(processed) => {
-                    let filter = match (&previous, under_previous[j]) {
-                        (Some((_, f)), true) => f,
-                        _ => &replay,
+                    let Some((_, filter)) = &keys[under[j]] else {
+                        continue;
                     };
                     match filter.check_and_insert(&processed.replay_tag) {
                         Seen::Replay => self.counters.drop(DropReason::Replay),

@@ -38,8 +38,8 @@ mod ingress;
 mod own;
 mod probes;
 
-use epoch::EpochState;
 pub use epoch::InstallError;
+use epoch::{AheadKey, EpochState, MAX_AHEAD};
 
 /// Most datagrams unwrapped together.
 pub const MAX_BATCH: usize = 64;
@@ -192,6 +192,8 @@ pub struct Engine {
     rng: ChaCha20Rng,
     current: Option<EpochState>,
     previous: Option<(EpochState, Timestamp)>,
+    /// Keys of epochs not yet installed, at most [`MAX_AHEAD`] (see [`Engine::prepare_key`]).
+    ahead: Vec<AheadKey>,
     pool: PacketPool,
     packet_size: usize,
     clock: TickClock,
@@ -221,6 +223,7 @@ impl Engine {
             rng: ChaCha20Rng::from_seed(seed),
             current: None,
             previous: None,
+            ahead: Vec::with_capacity(MAX_AHEAD),
             pool: PacketPool::new(1, 0),
             packet_size: 0,
             clock,
