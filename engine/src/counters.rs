@@ -45,11 +45,14 @@ pub enum DropReason {
     EventQueueFull,
     /// No epoch installed yet: the node has no key.
     NoKey,
+    /// The next hop is in the consensus but has no address in a family this node sends on
+    /// (an IPv4-only node asked to forward to an IPv6-only one).
+    UnreachableNextHop,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::WrongSize,
         DropReason::HeaderMac,
         DropReason::LowOrderAlpha,
@@ -69,6 +72,7 @@ impl DropReason {
         DropReason::OwnQueueFull,
         DropReason::EventQueueFull,
         DropReason::NoKey,
+        DropReason::UnreachableNextHop,
     ];
 
     /// The metric label.
@@ -93,6 +97,7 @@ impl DropReason {
             DropReason::OwnQueueFull => "own_queue_full",
             DropReason::EventQueueFull => "event_queue_full",
             DropReason::NoKey => "no_key",
+            DropReason::UnreachableNextHop => "unreachable_next_hop",
         }
     }
 

@@ -15,5 +15,5 @@ pub mod replay;
 
 pub use counters::{Counters, DropReason, OutCategory};
 pub use engine::{Engine, EngineConfig, EpochKeys, Event, InstallError, SendError, Transmit};
-pub use paths::{FORWARD_BATCH, ForwardItem, Paths, direct_id, parse_direct_id};
+pub use paths::{FORWARD_BATCH, Families, ForwardItem, Paths, direct_id, parse_direct_id};
 pub use replay::{ReplayCheck, ReplayFilter, Seen};

@@ -22,6 +22,56 @@ use scheduler::ExpDelay;
 
 use crate::errors::SendError;
 
+/// The address families a node sends and receives on: IPv4, IPv6 or both. A node that
+/// publishes addresses of both families is taken to reach both; a v4-mapped IPv6 address
+/// counts as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Families(u8);
+
+impl Families {
+    /// Neither.
+    pub const NONE: Families = Families(0);
+    /// IPv4 only.
+    pub const V4: Families = Families(1);
+    /// IPv6 only.
+    pub const V6: Families = Families(2);
+    /// Both (a dual-stack node).
+    pub const BOTH: Families = Families(3);
+
+    /// The family of one address.
+    pub fn of(addr: &SocketAddr) -> Families {
+        match addr.ip() {
+            IpAddr::V4(_) => Families::V4,
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Families::V4,
+            IpAddr::V6(_) => Families::V6,
+        }
+    }
+
+    /// The families of a list of addresses.
+    pub fn of_all(addrs: &[SocketAddr]) -> Families {
+        Families(addrs.iter().fold(0, |f, a| f | Families::of(a).0))
+    }
+
+    /// Whether the two share a family (a node of one can send to a node of the other).
+    pub fn meet(self, other: Families) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Whether `addr` is of one of these families.
+    pub fn contains(self, addr: &SocketAddr) -> bool {
+        self.meet(Families::of(addr))
+    }
+
+    /// The first of `addrs` of one of these families.
+    pub fn pick(self, addrs: &[SocketAddr]) -> Option<SocketAddr> {
+        addrs.iter().find(|a| self.contains(a)).copied()
+    }
+}
+
+/// Draws of a path before [`draw_route`] gives up on one whose consecutive hops share an
+/// address family.
+const ROUTE_TRIES: usize = 64;
+
 /// The tag a direct ID starts with: `0xff` then `dir` and the format version.
 const DIRECT_TAG: [u8; 5] = [0xff, b'd', b'i', b'r', 1];
 
@@ -92,6 +142,7 @@ pub struct ForwardItem<'a> {
 pub struct Paths {
     consensus: Arc<VerifiedConsensus>,
     node_id: [u8; 32],
+    families: Families,
     me: Hop,
     delays: ExpDelay,
     reliability: Arc<HashMap<[u8; 32], f64>>,
@@ -120,6 +171,7 @@ impl Paths {
         Paths {
             consensus,
             node_id,
+            families: Families::BOTH,
             me: Hop {
                 id: NodeId(hop_id),
                 key: mix_public,
@@ -127,6 +179,19 @@ impl Paths {
             delays,
             reliability: Arc::new(HashMap::new()),
         }
+    }
+
+    /// The address families this node sends and receives on (both unless told): every
+    /// path's consecutive hops share a family, from this node's first to its last.
+    pub fn set_families(&mut self, families: Families) {
+        self.families = families;
+    }
+
+    /// The address families of a node of the consensus (none for one not listed).
+    pub fn families_of(&self, node: &[u8; 32]) -> Families {
+        self.consensus
+            .node(node)
+            .map_or(Families::NONE, |n| Families::of_all(&n.addresses))
     }
 
     /// Weighs path selection by each node's reliability as this node's loops measured it
@@ -185,6 +250,7 @@ impl Paths {
         &self,
         count: usize,
         exclude: &[[u8; 32]],
+        ends: (Families, Families),
         rng: &mut R,
         route: &mut [Hop; sphinx::MAX_HOPS],
         delays: &mut [Delay; sphinx::MAX_HOPS],
@@ -193,6 +259,7 @@ impl Paths {
             &self.consensus,
             &self.delays,
             exclude,
+            ends,
             |id| self.reliability.get(id).copied().unwrap_or(1.0),
             rng,
             &mut route[..count],
@@ -203,12 +270,16 @@ impl Paths {
 
 /// Draws `route.len()` distinct mixes of `consensus` by bandwidth times `weight` (Algorithm
 /// 1), none of `exclude`, into `route`, with an exponential delay of mean 1/mu for each into
-/// `delays` (as many as it holds). The one place every path is drawn: messages, SURBs,
-/// loops and cover.
+/// `delays` (as many as it holds). `ends` are the families of whoever sends to the first
+/// mix and of whatever the last mix sends to: every consecutive pair shares a family
+/// (drawn again until one does: the draw conditioned on a path that can be walked). The
+/// one place every path is drawn: messages, SURBs, loops and cover.
+#[allow(clippy::too_many_arguments)] // each caller names every part of the draw
 pub(crate) fn draw_route<R: CryptoRng + ?Sized>(
     consensus: &VerifiedConsensus,
     mean_delay: &ExpDelay,
     exclude: &[[u8; 32]],
+    ends: (Families, Families),
     weight: impl Fn(&[u8; 32]) -> f64,
     rng: &mut R,
     route: &mut [Hop],
@@ -219,8 +290,30 @@ pub(crate) fn draw_route<R: CryptoRng + ?Sized>(
     if count > idx.len() {
         return Err(SendError::NoPath);
     }
-    pki_client::select_hops(consensus, count, exclude, weight, rng, &mut idx[..count])
-        .map_err(|_| SendError::NoPath)?;
+    let nodes = consensus.nodes();
+    let walkable = |idx: &[usize]| {
+        let mut at = ends.0;
+        for &n in idx {
+            let f = Families::of_all(&nodes[n].addresses);
+            if !at.meet(f) {
+                return false;
+            }
+            at = f;
+        }
+        at.meet(ends.1)
+    };
+    let mut found = false;
+    for _ in 0..ROUTE_TRIES {
+        pki_client::select_hops(consensus, count, exclude, &weight, rng, &mut idx[..count])
+            .map_err(|_| SendError::NoPath)?;
+        if walkable(&idx[..count]) {
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        return Err(SendError::NoPath);
+    }
     for (i, &n) in idx[..count].iter().enumerate() {
         let node = &consensus.nodes()[n];
         route[i] = Hop {
@@ -260,9 +353,11 @@ impl Paths {
         };
         let mut route = [last; sphinx::MAX_HOPS];
         let mut delays = [Delay::default(); sphinx::MAX_HOPS];
+        let to = Families::of_all(&dest.addresses);
         self.middle(
             hops - 1,
             &[self.node_id, *destination],
+            (self.families, to),
             rng,
             &mut route,
             &mut delays,
@@ -333,6 +428,7 @@ impl Paths {
                 self.middle(
                     item.hops - 1,
                     &[self.node_id, item.destination],
+                    (self.families, Families::of_all(&dest.addresses)),
                     rng,
                     &mut routes[m],
                     &mut delays[m],
@@ -378,10 +474,37 @@ impl Paths {
 
     /// A SURB for a reply to this node through `hops - 1` mixes, and what this node keeps to
     /// read the reply. The reply arrives as [`crate::Event::Sealed`] with the recovery's
-    /// identifier (random, never zero).
+    /// identifier (random, never zero). Any node that shares a family with the first mix
+    /// can use it: [`Self::surb_from`] when the replier is known.
     pub fn surb<R: CryptoRng + ?Sized>(
         &self,
         hops: usize,
+        rng: &mut R,
+    ) -> Result<(Surb, SurbRecovery), SendError> {
+        self.surb_with(hops, Families::BOTH, rng)
+    }
+
+    /// [`Self::surb`] for a reply from `replier` (a node of the consensus): its first mix
+    /// is one the replier can reach.
+    pub fn surb_from<R: CryptoRng + ?Sized>(
+        &self,
+        replier: &[u8; 32],
+        hops: usize,
+        rng: &mut R,
+    ) -> Result<(Surb, SurbRecovery), SendError> {
+        let from = self.families_of(replier);
+        let from = if from == Families::NONE {
+            Families::BOTH
+        } else {
+            from
+        };
+        self.surb_with(hops, from, rng)
+    }
+
+    fn surb_with<R: CryptoRng + ?Sized>(
+        &self,
+        hops: usize,
+        from: Families,
         rng: &mut R,
     ) -> Result<(Surb, SurbRecovery), SendError> {
         if !(2..=sphinx::MAX_HOPS).contains(&hops) {
@@ -392,7 +515,14 @@ impl Paths {
         }
         let mut route = [self.me; sphinx::MAX_HOPS];
         let mut delays = [Delay::default(); sphinx::MAX_HOPS];
-        self.middle(hops - 1, &[self.node_id], rng, &mut route, &mut delays)?;
+        self.middle(
+            hops - 1,
+            &[self.node_id],
+            (from, self.families),
+            rng,
+            &mut route,
+            &mut delays,
+        )?;
         route[hops - 1] = self.me;
         let mut identifier = [0u8; 16];
         while identifier == [0u8; 16] {
@@ -412,10 +542,10 @@ impl Paths {
 
     /// The first hop of a SURB, as an address this node can send to.
     pub fn resolve(&self, hop: &[u8; 32]) -> Option<SocketAddr> {
-        self.consensus
-            .node(hop)
-            .and_then(|n| n.addresses.first().copied())
-            .or_else(|| parse_direct_id(hop))
+        match self.consensus.node(hop) {
+            Some(n) => self.families.pick(&n.addresses),
+            None => parse_direct_id(hop).filter(|a| self.families.contains(a)),
+        }
     }
 }
 

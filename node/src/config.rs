@@ -11,8 +11,8 @@ use crate::io::IoChoice;
 /// An example configuration, for `--help` and the docs.
 pub const EXAMPLE: &str = r#"# mixed node
 key_dir = "keys"                 # identity and mix keys; created mode 0700, files 0600
-listen = "0.0.0.0:9000"          # UDP, for packets (the address published is `advertise`)
-# advertise = "198.51.100.7:9000" # optional: the address others reach this node at
+listen = "0.0.0.0:9000"          # UDP, for packets; "[::]:9000" listens on IPv6 and IPv4 both
+# advertise = ["198.51.100.7:9000", "[2001:db8::7]:9000"] # optional: where others reach this node
 bandwidth = 50                   # B: packets per second this node emits, always
 cores = 1                        # threads, one per core, each with its own socket (SO_REUSEPORT)
 io = "auto"                      # auto | io-uring | portable
@@ -31,7 +31,8 @@ url = "http://127.0.0.1:7001"
 struct FileConfig {
     key_dir: PathBuf,
     listen: SocketAddr,
-    advertise: Option<SocketAddr>,
+    #[serde(default)]
+    advertise: Advertise,
     bandwidth: f64,
     #[serde(default = "one")]
     cores: usize,
@@ -44,6 +45,16 @@ struct FileConfig {
     #[serde(default = "default_api_socket")]
     api_socket: String,
     authorities: Vec<AuthorityEndpoint>,
+}
+
+/// `advertise`: one address or a list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum Advertise {
+    #[default]
+    None,
+    One(SocketAddr),
+    Many(Vec<SocketAddr>),
 }
 
 fn default_api_socket() -> String {
@@ -67,8 +78,9 @@ pub struct NodeConfig {
     pub key_dir: PathBuf,
     /// The UDP address to bind.
     pub listen: SocketAddr,
-    /// The address to publish (default: `listen`, or the bound address when its port is 0).
-    pub advertise: Option<SocketAddr>,
+    /// The addresses to publish, one or two per family (default: the bound address; a
+    /// wildcard `listen` needs them). A port 0 is the port bound.
+    pub advertise: Vec<SocketAddr>,
     /// B, packets a second.
     pub bandwidth: f64,
     /// Cores (threads).
@@ -136,7 +148,11 @@ impl NodeConfig {
             key_dir,
             api_socket,
             listen: file.listen,
-            advertise: file.advertise,
+            advertise: match file.advertise {
+                Advertise::None => Vec::new(),
+                Advertise::One(a) => vec![a],
+                Advertise::Many(v) => v,
+            },
             bandwidth: file.bandwidth,
             cores: file.cores,
             io: file.io,
@@ -165,6 +181,26 @@ impl NodeConfig {
         }
         for a in &self.authorities {
             pki_client::client::check_url(&a.url).map_err(ConfigError::Value)?;
+        }
+        if self.advertise.len() > 4 {
+            return Err(ConfigError::Value(
+                "advertise: at most four addresses".into(),
+            ));
+        }
+        for a in &self.advertise {
+            if a.ip().is_unspecified() || a.ip().is_multicast() {
+                return Err(ConfigError::Value(format!(
+                    "advertise: {a} is not an address others can send to (not 0.0.0.0, [::] \
+                     or multicast; a port 0 means the port bound)"
+                )));
+            }
+        }
+        if !self.passive && self.advertise.is_empty() && self.listen.ip().is_unspecified() {
+            tracing::warn!(
+                listen = %self.listen,
+                "listening on a wildcard address with no `advertise`: others are told the \
+                 wildcard address and cannot reach this node; set `advertise`"
+            );
         }
         Ok(())
     }

@@ -30,7 +30,10 @@ pub(crate) struct Control {
     pub(crate) client: PkiClient,
     pub(crate) keys: KeyDir,
     pub(crate) identity: IdentitySecret,
-    pub(crate) addr: SocketAddr,
+    /// The addresses this node publishes.
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// The families its sockets send on.
+    pub(crate) families: engine::Families,
     pub(crate) bandwidth: f64,
     pub(crate) presence: Arc<Presence>,
     pub(crate) service: SyncSender<Input>,
@@ -249,7 +252,7 @@ impl Control {
         NodeDescriptor {
             identity: self.identity.public(),
             sequence,
-            addresses: vec![self.addr],
+            addresses: self.addrs.clone(),
             bandwidth: self.presence.bandwidth().min(self.bandwidth).max(1.0) as u32,
             roles: Roles {
                 mix: true,
@@ -385,15 +388,29 @@ impl Control {
         let params = *consensus.params();
         let own_rate = f64::from(params.rho_permille) / 1000.0 * self.bandwidth
             / f64::from(params.hops.max(1));
-        let _ = self.service.try_send(Input::Epoch {
-            paths: engine::Paths::new(
-                Arc::clone(&consensus),
-                self.identity.public().node_id(),
-                Some(self.addr),
-                secret.public_key(),
-            ),
-            own_rate,
-        });
+        let mut paths = engine::Paths::new(
+            Arc::clone(&consensus),
+            self.identity.public().node_id(),
+            self.addrs.first().copied(),
+            secret.public_key(),
+        );
+        paths.set_families(self.families);
+        let unreachable = consensus
+            .nodes()
+            .iter()
+            .filter(|n| !self.families.meet(engine::Families::of_all(&n.addresses)))
+            .count();
+        self.metrics.set_unreachable_nodes(unreachable);
+        if unreachable > 0 {
+            tracing::warn!(
+                epoch,
+                unreachable,
+                of = consensus.nodes().len(),
+                "nodes of the consensus have no address in a family this node sends on \
+                 (paths avoid them; listen on [::] to reach IPv4 and IPv6 both)"
+            );
+        }
+        let _ = self.service.try_send(Input::Epoch { paths, own_rate });
         for s in &self.senders {
             let keys = EpochKeys {
                 consensus: Arc::clone(&consensus),

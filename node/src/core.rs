@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
-use engine::{EpochKeys, Event, Paths, SendError};
+use engine::{EpochKeys, Event, OutCategory, Paths, SendError};
 use scheduler::Timestamp;
 use scheduler::handoff::Inbox;
 use stack::{Stack, Upper};
@@ -170,6 +170,7 @@ impl CoreTask {
                 hdrhistogram::Histogram::new(2).unwrap_or_else(|_| unreachable_histogram())
             });
         let mut last_publish = clock.now();
+        let mut refused = Refusals::default();
         while !stop.load(Ordering::Relaxed) {
             // the one point where other threads' commands enter this core
             inbox.drain(INBOX, |cmd| match cmd {
@@ -208,17 +209,28 @@ impl CoreTask {
             // send what the slots decided, in batches written straight into the backend's
             // transmit buffers
             loop {
+                let mut categories = [OutCategory::Cover; crate::io::BATCH];
+                let mut n = 0;
                 let sent = io.send_batch(|buf| {
                     let t = stack.poll_transmit(buf)?;
                     let late = now.saturating_since(t.due).as_nanos() as u64;
                     let _ = lateness.record(late.max(1));
+                    if let Some(c) = categories.get_mut(n) {
+                        *c = t.category;
+                    }
+                    n += 1;
                     Some((t.to, t.len))
                 });
                 match sent {
                     Ok(s) if s.filled == 0 => break,
                     Ok(s) => {
-                        if s.sent < s.filled {
-                            metrics.count_send_failed(s.filled - s.sent);
+                        if s.failed != 0 {
+                            for (i, c) in categories.iter().enumerate().take(s.filled) {
+                                if s.failed & (1 << i) != 0 {
+                                    metrics.count_send_failed(*c);
+                                }
+                            }
+                            refused.note(index, s.failed.count_ones(), s.error, now);
                         }
                     }
                     Err(e) => {
@@ -233,6 +245,38 @@ impl CoreTask {
             }
         }
         metrics.publish(index, snapshot(&stack, &lateness, &io));
+    }
+}
+
+/// Datagrams the kernel refused, logged at most once a minute per core (with how many and
+/// the last reason), never per datagram.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    last_log: Option<Timestamp>,
+}
+
+impl Refusals {
+    fn note(&mut self, core: usize, n: u32, errno: Option<i32>, now: Timestamp) {
+        self.since_log += u64::from(n);
+        if self
+            .last_log
+            .is_some_and(|t| now.saturating_since(t) < Duration::from_secs(60))
+        {
+            return;
+        }
+        let reason = errno.map_or_else(
+            || "unknown".to_string(),
+            |e| std::io::Error::from_raw_os_error(e).to_string(),
+        );
+        tracing::warn!(
+            core,
+            refused = self.since_log,
+            %reason,
+            "the kernel refused datagrams (counted in mixed_send_failed_total; logged at most once a minute)"
+        );
+        self.since_log = 0;
+        self.last_log = Some(now);
     }
 }
 

@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,6 +86,17 @@ impl LocalNetwork {
     /// Starts three authorities and `options.nodes` nodes; returns once every node has the
     /// first consensus installed (about one to two epochs).
     pub fn start(options: &LocalOptions) -> Result<LocalNetwork, NodeError> {
+        let v4: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(options, |_| (v4, Vec::new()))
+    }
+
+    /// [`Self::start`] with node `i` listening on `addressing(i).0` and publishing
+    /// `addressing(i).1` (a port 0 there is the port bound): IPv4, IPv6 and dual-stack
+    /// nodes in one network.
+    pub fn start_on(
+        options: &LocalOptions,
+        addressing: impl Fn(usize) -> (SocketAddr, Vec<SocketAddr>),
+    ) -> Result<LocalNetwork, NodeError> {
         let mut tag = [0u8; 6];
         getrandom::fill(&mut tag)?;
         let dir =
@@ -140,8 +152,8 @@ impl LocalNetwork {
         for i in 0..options.nodes {
             let config = NodeConfig {
                 key_dir: dir.0.join(format!("node-{i}")),
-                listen: "127.0.0.1:0".parse().map_err(|_| NodeError::Stopped)?,
-                advertise: None,
+                listen: addressing(i).0,
+                advertise: addressing(i).1,
                 bandwidth: options.bandwidth,
                 cores: options.cores,
                 io: options.io,

@@ -35,10 +35,21 @@ pub struct Metrics {
     sequence: AtomicU32,
     messenger: Mutex<anon::MessengerCounters>,
     undeliverable: AtomicU64,
-    send_failed: AtomicU64,
+    /// Datagrams the kernel refused, by category (own, forward, loop, cover).
+    send_failed: [AtomicU64; 4],
+    unreachable_nodes: AtomicU64,
 }
 
 const NO_EPOCH: u64 = u64::MAX;
+
+fn category_index(c: engine::OutCategory) -> usize {
+    match c {
+        engine::OutCategory::Own => 0,
+        engine::OutCategory::Forward => 1,
+        engine::OutCategory::Loop => 2,
+        engine::OutCategory::Cover => 3,
+    }
+}
 
 impl Metrics {
     pub(crate) fn new(cores: usize) -> Self {
@@ -49,7 +60,8 @@ impl Metrics {
             sequence: AtomicU32::new(0),
             messenger: Mutex::new(anon::MessengerCounters::default()),
             undeliverable: AtomicU64::new(0),
-            send_failed: AtomicU64::new(0),
+            send_failed: Default::default(),
+            unreachable_nodes: AtomicU64::new(0),
         }
     }
 
@@ -61,14 +73,27 @@ impl Metrics {
         self.undeliverable.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Datagrams the kernel did not take (a full socket buffer, an unreachable address).
-    pub(crate) fn count_send_failed(&self, n: usize) {
-        self.send_failed.fetch_add(n as u64, Ordering::Relaxed);
+    /// A datagram the kernel did not take (a full socket buffer, an unreachable address):
+    /// counted as failed, not as sent.
+    pub(crate) fn count_send_failed(&self, category: engine::OutCategory) {
+        self.send_failed[category_index(category)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Datagrams the kernel did not take.
     pub fn send_failed(&self) -> u64 {
-        self.send_failed.load(Ordering::Relaxed)
+        self.send_failed
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub(crate) fn set_unreachable_nodes(&self, n: usize) {
+        self.unreachable_nodes.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Nodes of the installed consensus this node has no address family in common with.
+    pub fn unreachable_nodes(&self) -> u64 {
+        self.unreachable_nodes.load(Ordering::Relaxed)
     }
 
     /// Messages and deliveries dropped for want of room on the way to an application.
@@ -184,14 +209,28 @@ impl Metrics {
             "Datagrams received.",
             &[("", total.received)],
         );
+        let failed: [u64; 4] =
+            core::array::from_fn(|i| self.send_failed[i].load(Ordering::Relaxed));
         counter(
             "packets_sent_total",
-            "Packets sent, by what they carried.",
+            "Packets the kernel took, by what they carried.",
             &[
-                ("{category=\"own\"}", total.sent_own),
-                ("{category=\"forward\"}", total.sent_forward),
-                ("{category=\"loop\"}", total.sent_loop),
-                ("{category=\"cover\"}", total.sent_cover),
+                (
+                    "{category=\"own\"}",
+                    total.sent_own.saturating_sub(failed[0]),
+                ),
+                (
+                    "{category=\"forward\"}",
+                    total.sent_forward.saturating_sub(failed[1]),
+                ),
+                (
+                    "{category=\"loop\"}",
+                    total.sent_loop.saturating_sub(failed[2]),
+                ),
+                (
+                    "{category=\"cover\"}",
+                    total.sent_cover.saturating_sub(failed[3]),
+                ),
             ],
         );
         counter(
@@ -288,8 +327,13 @@ impl Metrics {
         );
         counter(
             "send_failed_total",
-            "Datagrams the kernel did not take (full socket buffer, unreachable address).",
-            &[("", self.send_failed.load(Ordering::Relaxed))],
+            "Datagrams the kernel did not take (full socket buffer, unreachable address), by what they carried.",
+            &[
+                ("{category=\"own\"}", failed[0]),
+                ("{category=\"forward\"}", failed[1]),
+                ("{category=\"loop\"}", failed[2]),
+                ("{category=\"cover\"}", failed[3]),
+            ],
         );
         let buckets = ["1", "3", "7", "15", "31", "63", "+Inf"];
         let _ = writeln!(
@@ -333,6 +377,12 @@ impl Metrics {
             "consensus_nodes",
             "Nodes in the installed consensus.",
             self.nodes.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "unreachable_nodes",
+            "Nodes of the installed consensus with no address in a family this node sends on.",
+            self.unreachable_nodes.load(Ordering::Relaxed) as f64,
         );
         let (p50, p99, sum, count) = self.lateness();
         let _ = writeln!(
@@ -551,10 +601,11 @@ mod tests {
             );
         }
         m.count_undeliverable();
-        m.count_send_failed(2);
+        m.count_send_failed(engine::OutCategory::Cover);
+        m.count_send_failed(engine::OutCategory::Cover);
         let samples = parse(&m.render());
         assert_eq!(samples["mixed_held_packets"], 6.0);
-        assert_eq!(samples["mixed_send_failed_total"], 2.0);
+        assert_eq!(samples["mixed_send_failed_total{category=\"cover\"}"], 2.0);
         assert_eq!(samples["mixed_departure_lateness_seconds_count"], 4.0);
         assert_eq!(samples["mixed_core_info{core=\"1\",io=\"portable\"}"], 1.0);
     }

@@ -20,7 +20,7 @@ pub use crate::clock::{Clock, unix_now};
 use crate::config::NodeConfig;
 use crate::control::Control;
 use crate::core::{Command, CoreLink, CoreTask, INBOX};
-use crate::io::{Io, reuseport_socket};
+use crate::io::{Io, bind_node};
 use crate::keys::KeyDir;
 use crate::metrics::Metrics;
 use crate::service::{Input, OwnQueues, Presence, Service};
@@ -86,6 +86,9 @@ pub struct Node {
     pub(crate) next_app: std::sync::atomic::AtomicU64,
     key_dir: std::path::PathBuf,
     addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    /// Holds the node's port ([`bind_node`]).
+    _port_lock: std::os::unix::net::UnixDatagram,
     cores: Vec<Core>,
     control: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -115,14 +118,33 @@ impl Node {
         let stop = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(Metrics::new(config.cores));
 
-        // the first socket decides the port when the configuration says 0
-        let first = reuseport_socket(config.listen)?;
-        let bound = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..config.cores {
-            sockets.push(reuseport_socket(bound)?);
+        let bound = bind_node(config.listen, config.cores)?;
+        let families = bound.families;
+        // a port 0 in `advertise` is the port bound
+        let addrs: Vec<SocketAddr> = if config.advertise.is_empty() {
+            vec![bound.addr]
+        } else {
+            config
+                .advertise
+                .iter()
+                .map(|a| match a.port() {
+                    0 => SocketAddr::new(a.ip(), bound.addr.port()),
+                    _ => *a,
+                })
+                .collect()
+        };
+        let addr = addrs[0];
+        if !families.meet(engine::Families::of_all(&addrs))
+            || addrs.iter().any(|a| !families.contains(a))
+        {
+            tracing::warn!(
+                listen = %bound.addr,
+                "an advertised address is of a family the socket does not send on; listen \
+                 on [::] for IPv4 and IPv6 both"
+            );
         }
-        let addr = config.advertise.unwrap_or(bound);
+        let sockets = bound.sockets;
+        let port_lock = bound._lock;
 
         let (service_tx, service_rx) = sync_channel(crate::service::INPUT_QUEUE);
         let own = Arc::new(OwnQueues::new());
@@ -141,6 +163,7 @@ impl Node {
             engine_config.forwarding = !config.passive;
             // when passive (not in the consensus), loops and SURBs end at this address
             engine_config.address = Some(addr);
+            engine_config.families = families;
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed)?;
             let engine = Engine::new(engine_config, seed)?;
@@ -189,6 +212,7 @@ impl Node {
         let bandwidth = config.bandwidth;
         let control_presence = Arc::clone(&presence);
         let control_service = service_tx.clone();
+        let control_addrs = addrs.clone();
         let forwarding_senders = senders.clone();
         let mut service_seed = [0u8; 32];
         getrandom::fill(&mut service_seed)?;
@@ -218,7 +242,8 @@ impl Node {
                     client,
                     keys,
                     identity,
-                    addr,
+                    addrs: control_addrs,
+                    families,
                     bandwidth,
                     presence: control_presence,
                     service: control_service,
@@ -246,6 +271,8 @@ impl Node {
             next_app: std::sync::atomic::AtomicU64::new(1),
             key_dir: config.key_dir.clone(),
             addr,
+            addrs,
+            _port_lock: port_lock,
             cores,
             control: Some(control),
             stop,
@@ -285,9 +312,14 @@ impl Node {
         self.node_id
     }
 
-    /// The address it receives packets at.
+    /// The address it receives packets at (the first it publishes).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every address it publishes.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// The I/O backend of each core.

@@ -192,7 +192,7 @@ fn socketanon_binds_unbinds_and_closeanon_erases_the_mix_keys() {
     let config = NodeConfig {
         key_dir: dir.join("keys"),
         listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
+        advertise: vec![],
         bandwidth: 200.0,
         cores: 1,
         io: IoChoice::Auto,

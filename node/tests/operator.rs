@@ -32,7 +32,7 @@ fn passive_node(name: &str, listen: std::net::SocketAddr, url: String) -> NodeCo
     NodeConfig {
         key_dir: dir(name).join("keys"),
         listen,
-        advertise: None,
+        advertise: vec![],
         bandwidth: 10.0,
         cores: 1,
         io: node::IoChoice::Portable,
@@ -95,7 +95,8 @@ fn a_node_example_parses_as_printed_and_publishes_no_test_address() {
     std::fs::write(&path, stdout(mixed().args(["node", "--example-config"]))).unwrap();
     let config = NodeConfig::load(&path).unwrap();
     assert_eq!(
-        config.advertise, None,
+        config.advertise,
+        Vec::<std::net::SocketAddr>::new(),
         "the example must not publish a test address"
     );
     let keys = stdout(mixed().args(["node", "--print-key", "--config"]).arg(&path));

@@ -131,7 +131,7 @@ impl Messenger {
         let mut recoveries = Vec::new();
         for _ in 0..ACK_SURBS {
             let (s, r) = paths
-                .surb(hops, &mut self.rng)
+                .surb_from(&destination, hops, &mut self.rng)
                 .map_err(MessageError::Path)?;
             acks.push(s);
             recoveries.push((r, Purpose::Ack(id), expires));
@@ -140,7 +140,7 @@ impl Messenger {
         let reply_expires = now.saturating_add(self.config.reply_window);
         for _ in 0..options.reply_surbs {
             let (s, r) = paths
-                .surb(hops, &mut self.rng)
+                .surb_from(&destination, hops, &mut self.rng)
                 .map_err(MessageError::Path)?;
             reply_surbs.push(s);
             recoveries.push((r, Purpose::Reply(id), reply_expires));

@@ -126,7 +126,7 @@ impl Engine {
             .consensus
             .nodes()
             .iter()
-            .filter_map(|n| n.addresses.first().map(|a| (n.id(), *a)))
+            .filter_map(|n| self.config.families.pick(&n.addresses).map(|a| (n.id(), a)))
             .collect();
         let listed = Arc::clone(&keys.consensus);
         self.loops.retain_nodes(|id| listed.node(id).is_some());
@@ -157,7 +157,16 @@ impl Engine {
                     .direct_delivery
                     .then(|| crate::paths::parse_direct_id(node))
                     .flatten()
+                    .filter(|a| self.config.families.contains(a))
             })
+    }
+
+    /// Nodes of the installed consensus with no address in a family this node sends on:
+    /// paths drawn here avoid them, but others' packets may still name them as next hop.
+    pub fn unreachable_nodes(&self) -> usize {
+        self.current
+            .as_ref()
+            .map_or(0, |c| c.keys.consensus.nodes().len() - c.addrs.len())
     }
 
     /// The hop ID this node's loops and SURBs end at: its node ID when the consensus lists

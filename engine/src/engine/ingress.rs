@@ -126,7 +126,15 @@ impl Engine {
                     return self.counters.drop(DropReason::DelayTooLong);
                 }
                 let Some(to) = self.address_of(&next_hop.0) else {
-                    return self.counters.drop(DropReason::UnknownNextHop);
+                    let listed = self
+                        .current
+                        .as_ref()
+                        .is_some_and(|c| c.keys.consensus.node(&next_hop.0).is_some());
+                    return self.counters.drop(if listed {
+                        DropReason::UnreachableNextHop
+                    } else {
+                        DropReason::UnknownNextHop
+                    });
                 };
                 let Some(buf) = self.pool.take() else {
                     return self.counters.drop(DropReason::PoolFull);

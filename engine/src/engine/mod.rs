@@ -87,6 +87,9 @@ pub struct EngineConfig {
     pub address: Option<SocketAddr>,
     /// Whether to deliver to a direct ID (the last hop of a passive node's loop or SURB).
     pub direct_delivery: bool,
+    /// The address families this node's socket sends on: a next hop is reached at its
+    /// first address of one of them, and every path drawn here is walkable hop to hop.
+    pub families: crate::paths::Families,
 }
 
 impl EngineConfig {
@@ -108,6 +111,7 @@ impl EngineConfig {
             grace: Duration::from_secs(30),
             address: None,
             direct_delivery: true,
+            families: crate::paths::Families::BOTH,
         }
     }
 }

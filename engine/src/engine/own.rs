@@ -36,10 +36,12 @@ impl Engine {
         let mut route = [last; 5];
         let mut delays = [Delay::default(); 4];
         let loops = &self.loops;
+        let to = crate::paths::Families::of_all(&dest.addresses);
         draw_route(
             &consensus,
             &self.delays,
             &[self.config.node_id, destination],
+            (self.config.families, to),
             |id| loops.reliability(id),
             &mut self.rng,
             &mut route[..hops - 1],

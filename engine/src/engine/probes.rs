@@ -11,7 +11,7 @@ use scheduler::{ExpDelay, Timestamp};
 
 use super::{COVER_IDENTIFIER, Engine, LOOP_STOCK, Queued, StockedLoop};
 use crate::counters::OutCategory;
-use crate::paths::draw_route;
+use crate::paths::{Families, draw_route};
 
 impl Engine {
     /// Builds up to `count` loops through random paths back to this node, in one batch.
@@ -45,6 +45,7 @@ impl Engine {
                 &consensus,
                 &self.delays,
                 &[self.config.node_id],
+                (self.config.families, self.config.families),
                 |id| loops.reliability(id),
                 &mut self.rng,
                 &mut routes[k][..h],
@@ -109,6 +110,7 @@ impl Engine {
                 &consensus,
                 &ExpDelay::ZERO,
                 &[self.config.node_id],
+                (self.config.families, Families::BOTH),
                 |_| 1.0,
                 &mut self.rng,
                 &mut routes[k],

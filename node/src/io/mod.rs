@@ -1,6 +1,8 @@
 //! UDP I/O for a core: io_uring when the kernel allows it, recvmmsg/sendmmsg otherwise.
-//! Every core binds the node's address with SO_REUSEPORT; the kernel spreads datagrams over
-//! the cores by their 4-tuple.
+//! Every core binds the node's address with SO_REUSEPORT, and a reuseport program spreads
+//! datagrams over the cores by their first payload bytes (the packet's random group
+//! element), so even one busy neighbour's traffic is shared out. The port is the node's
+//! alone: see [`bind_node`].
 
 #![allow(unsafe_code)]
 
@@ -105,26 +107,175 @@ pub(crate) struct Sent {
     pub(crate) filled: usize,
     /// Datagrams the kernel took.
     pub(crate) sent: usize,
+    /// Which of the datagrams the kernel did not take (bit i: datagram i of the batch).
+    pub(crate) failed: u64,
+    /// The last error the kernel gave for one, if any (an errno).
+    pub(crate) error: Option<i32>,
 }
 
-/// A UDP socket on `addr` with SO_REUSEPORT, so every core can bind the same address.
-pub(crate) fn reuseport_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// The node's sockets, one per core, on one address, and what holds the port.
+pub(crate) struct Bound {
+    /// One socket per core.
+    pub(crate) sockets: Vec<UdpSocket>,
+    /// The address bound (the port chosen when the configuration said 0).
+    pub(crate) addr: SocketAddr,
+    /// The families the sockets send on: IPv4 for an IPv4 address, IPv6 for an IPv6 one,
+    /// both for the IPv6 wildcard `[::]` (a dual-stack socket).
+    pub(crate) families: engine::Families,
+    /// Held while the node runs: a second node on the address fails to start.
+    pub(crate) _lock: std::os::unix::net::UnixDatagram,
+}
+
+/// Binds `cores` sockets on `listen`, the port the node's alone:
+///
+/// - one core binds without SO_REUSEPORT, so any other bind of the port fails;
+/// - several cores bind with it (each its own socket), then attach a reuseport program
+///   that picks among the node's sockets only: a process that joins the group later gets
+///   no datagram;
+/// - either way the node holds an abstract Unix socket named after the address, so a second
+///   `mixed node` on it fails at start with an error that says so (and a crash frees it).
+pub(crate) fn bind_node(listen: SocketAddr, cores: usize) -> io::Result<Bound> {
+    let taken = |addr: SocketAddr| {
+        io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "UDP {addr} is in use by another mixed node (each node needs its own port; \
+                 stop the other one or choose another `listen`)"
+            ),
+        )
+    };
+    let reuse = cores > 1;
+    let lock_for = |addr: SocketAddr| {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("mixed-node-udp-{addr}");
+        let at = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        std::os::unix::net::UnixDatagram::bind_addr(&at).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                taken(addr)
+            } else {
+                e
+            }
+        })
+    };
+    // a fixed port is claimed before binding; port 0 once the kernel chose one
+    let early = if listen.port() != 0 {
+        Some(lock_for(listen)?)
+    } else {
+        None
+    };
+    let first = node_socket(listen, reuse)?;
+    let addr = first.local_addr()?;
+    let lock = match early {
+        Some(l) => l,
+        None => lock_for(addr)?,
+    };
+    let mut sockets = vec![first];
+    for _ in 1..cores {
+        sockets.push(node_socket(addr, true)?);
+    }
+    if reuse {
+        steer_by_payload(&sockets[0], cores)?;
+    }
+    let families = match addr {
+        SocketAddr::V4(_) => engine::Families::V4,
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => engine::Families::BOTH,
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => engine::Families::V4,
+        SocketAddr::V6(_) => engine::Families::V6,
+    };
+    Ok(Bound {
+        sockets,
+        addr,
+        families,
+        _lock: lock,
+    })
+}
+
+/// A UDP socket on `addr`, with SO_REUSEPORT when the node has several cores. The IPv6
+/// wildcard is dual-stack (it takes IPv4 too); any other IPv6 address is IPv6 only.
+fn node_socket(addr: SocketAddr, reuse: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
+    if let SocketAddr::V6(v6) = addr {
+        socket.set_only_v6(!v6.ip().is_unspecified())?;
+    }
+    socket.set_reuse_port(reuse)?;
     socket.set_recv_buffer_size(4 << 20)?;
     socket.set_send_buffer_size(4 << 20)?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+    socket.bind(&addr.into()).map_err(|e| {
+        let advice = if e.kind() == io::ErrorKind::AddrInUse {
+            " (another program has the port; stop it or choose another `listen`)"
+        } else {
+            ""
+        };
+        io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}{advice}"))
+    })?;
     Ok(socket.into())
 }
 
-/// Writes `addr` as a C socket address; returns its length.
+/// Attaches to the reuseport group of `socket` a classic BPF program that returns the first
+/// 32 bits of the UDP payload modulo `cores`: the index of one of the node's own sockets
+/// (bound first, so they hold indices 0 to cores - 1). A datagram of under four bytes reads
+/// as 0 and goes to the first core.
+fn steer_by_payload(socket: &UdpSocket, cores: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut program = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: cores as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_A) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: a valid sock_fprog pointing at a live three-instruction program; the kernel
+    // copies it during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot attach the reuseport program: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `addr` as a C socket address; returns its length. On an IPv6 socket
+/// (`v6`) an IPv4 address is written v4-mapped, as a dual-stack socket needs it.
 pub(crate) fn sockaddr_from(
     addr: &SocketAddr,
     out: &mut libc::sockaddr_storage,
+    v6: bool,
 ) -> libc::socklen_t {
-    let sa: socket2::SockAddr = (*addr).into();
+    let addr = match addr {
+        SocketAddr::V4(a) if v6 => {
+            SocketAddr::new(std::net::IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+        }
+        a => *a,
+    };
+    let sa: socket2::SockAddr = addr.into();
     let len = (sa.len() as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
     // SAFETY: copies `len` bytes of a valid socket address into storage that holds any
     // socket address; the two do not overlap.
@@ -136,4 +287,72 @@ pub(crate) fn sockaddr_from(
         );
     }
     len as libc::socklen_t
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Each backend says which datagrams of a batch the kernel refused (here: IPv6
+    /// destinations on an IPv4 socket), and sends the rest.
+    #[test]
+    fn refused_datagrams_are_flagged_by_index_on_both_backends() {
+        for choice in [IoChoice::Portable, IoChoice::IoUring] {
+            let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let good = rx.local_addr().unwrap();
+            let bad: SocketAddr = "[::1]:9".parse().unwrap();
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let (mut io, _) = Io::open(tx, choice).unwrap();
+            let mut i = 0;
+            let sent = io
+                .send_batch(|buf| {
+                    (i < 6).then(|| {
+                        buf[..10].fill(i as u8);
+                        i += 1;
+                        (if i % 3 == 0 { bad } else { good }, 10)
+                    })
+                })
+                .unwrap();
+            assert_eq!((sent.filled, sent.sent), (6, 4), "{}", io.name());
+            assert_eq!(sent.failed, 0b100100, "{}", io.name());
+            assert!(sent.error.is_some(), "{}", io.name());
+            let mut buf = [0u8; 64];
+            let got = (0..4).filter(|_| rx.recv(&mut buf).is_ok()).count();
+            assert_eq!(got, 4, "{}", io.name());
+        }
+    }
+
+    /// A dual-stack socket reaches IPv4 destinations (written v4-mapped).
+    #[test]
+    fn a_dual_stack_node_sends_to_ipv4_and_ipv6() {
+        let bound = bind_node("[::]:0".parse().unwrap(), 1).unwrap();
+        assert_eq!(bound.families, engine::Families::BOTH);
+        let port = bound.addr.port();
+        let (mut io, _) =
+            Io::open(bound.sockets.into_iter().next().unwrap(), IoChoice::Auto).unwrap();
+        let rx4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx6 = UdpSocket::bind("[::1]:0").unwrap();
+        let to = [rx4.local_addr().unwrap(), rx6.local_addr().unwrap()];
+        let mut i = 0;
+        let sent = io
+            .send_batch(|buf| {
+                (i < 2).then(|| {
+                    buf[..4].copy_from_slice(b"dual");
+                    i += 1;
+                    (to[i - 1], 4)
+                })
+            })
+            .unwrap();
+        assert_eq!((sent.sent, sent.failed), (2, 0));
+        for rx in [rx4, rx6] {
+            rx.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            let (n, from) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from.port()), (&b"dual"[..], port));
+        }
+    }
 }

@@ -15,6 +15,8 @@ use super::{BATCH, BUF_SIZE, Sent, sockaddr_from};
 /// Receive buffers and the system-call structures that point into them.
 pub(crate) struct PortableIo {
     socket: UdpSocket,
+    /// An IPv6 socket: IPv4 destinations are written v4-mapped.
+    v6: bool,
     bufs: Box<[[u8; BUF_SIZE]; BATCH]>,
     lens: [usize; BATCH],
     /// Transmit buffers, and where each goes and how much of it.
@@ -26,6 +28,7 @@ impl PortableIo {
     pub(crate) fn new(socket: UdpSocket) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         Ok(PortableIo {
+            v6: socket.local_addr()?.is_ipv6(),
             socket,
             bufs: Box::new([[0u8; BUF_SIZE]; BATCH]),
             lens: [0; BATCH],
@@ -152,7 +155,7 @@ impl PortableIo {
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
         for i in 0..filled {
             let (to, len) = self.tx_to[i];
-            let namelen = sockaddr_from(&to, &mut addrs[i]);
+            let namelen = sockaddr_from(&to, &mut addrs[i], self.v6);
             iovecs[i].iov_base = self.tx[i].as_mut_ptr().cast();
             iovecs[i].iov_len = len;
             msgs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
@@ -162,6 +165,8 @@ impl PortableIo {
         }
         let mut done = 0;
         let mut sent = 0;
+        let mut failed = 0u64;
+        let mut error = None;
         while done < filled {
             // SAFETY: every header points at a live address and a live iovec over one of our
             // transmit buffers; sendmmsg is synchronous, so nothing outlives the call.
@@ -175,12 +180,19 @@ impl PortableIo {
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
+                error = e.raw_os_error();
                 match e.kind() {
                     io::ErrorKind::Interrupted => continue,
                     // a full socket buffer: the rest of this batch is lost, counted
-                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::WouldBlock => {
+                        for i in done..filled {
+                            failed |= 1 << i;
+                        }
+                        break;
+                    }
                     // one bad destination must not stop the others
                     _ => {
+                        failed |= 1 << done;
                         done += 1;
                         continue;
                     }
@@ -189,6 +201,11 @@ impl PortableIo {
             done += n as usize;
             sent += n as usize;
         }
-        Ok(Sent { filled, sent })
+        Ok(Sent {
+            filled,
+            sent,
+            failed,
+            error,
+        })
     }
 }

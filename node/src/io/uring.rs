@@ -90,6 +90,11 @@ pub(crate) struct UringIo {
     /// The current batch's generation, and how many of its sends succeeded.
     generation: u32,
     batch_sent: usize,
+    /// Which sends of the current batch failed (bit per index), and the last error.
+    batch_failed: u64,
+    batch_error: Option<i32>,
+    /// An IPv6 socket: IPv4 destinations are written v4-mapped.
+    v6: bool,
     /// Tests: fail the submission after this many succeed.
     fail_submits: Option<usize>,
 }
@@ -109,6 +114,7 @@ impl UringIo {
     /// batch needs several submissions).
     pub(crate) fn with_entries(socket: UdpSocket, entries: u32) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
+        let socket_v6 = socket.local_addr()?.is_ipv6();
         let ring = IoUring::builder().build(entries)?;
         let ring_mem = Mapping::new(RING_BUFFERS as usize * std::mem::size_of::<BufRingEntry>())?;
         let buffers = Mapping::new(RING_BUFFERS as usize * BUF_SIZE)?;
@@ -148,6 +154,9 @@ impl UringIo {
             in_flight: 0,
             generation: 0,
             batch_sent: 0,
+            batch_failed: 0,
+            batch_error: None,
+            v6: socket_v6,
             fail_submits: None,
         };
         for bid in 0..RING_BUFFERS {
@@ -320,7 +329,7 @@ impl UringIo {
                 break;
             };
             let len = len.min(BUF_SIZE);
-            let namelen = sockaddr_from(&to, &mut self.send_addrs[filled]);
+            let namelen = sockaddr_from(&to, &mut self.send_addrs[filled], self.v6);
             self.send_iovs[filled].iov_base = buf.as_mut_ptr().cast();
             self.send_iovs[filled].iov_len = len;
             let hdr = &mut self.send_hdrs[filled];
@@ -335,8 +344,10 @@ impl UringIo {
         }
         self.generation = self.generation.wrapping_add(1);
         self.batch_sent = 0;
-        let user_data = send_tag(self.generation);
+        self.batch_failed = 0;
+        self.batch_error = None;
         for i in 0..filled {
+            let user_data = send_tag(self.generation, i);
             let entry = opcode::SendMsg::new(
                 types::Fd(self.socket.as_raw_fd()),
                 &self.send_hdrs[i] as *const libc::msghdr,
@@ -358,6 +369,8 @@ impl UringIo {
         Ok(Sent {
             filled,
             sent: self.batch_sent,
+            failed: self.batch_failed,
+            error: self.batch_error,
         })
     }
 
@@ -397,7 +410,7 @@ impl UringIo {
 
     /// Takes every completion: sends are matched to their generation, receives stashed.
     fn reap_all(&mut self) {
-        let current = send_tag(self.generation);
+        let current = send_tag(self.generation, 0) >> 16;
         for cqe in self.ring.completion() {
             let data = cqe.user_data();
             if data == RECV_TAG {
@@ -407,8 +420,13 @@ impl UringIo {
                 self.stash.push_back((cqe.result(), cqe.flags()));
             } else if data & TAG_MASK == SEND_TAG {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                if data == current && cqe.result() >= 0 {
-                    self.batch_sent += 1;
+                if data >> 16 == current {
+                    if cqe.result() >= 0 {
+                        self.batch_sent += 1;
+                    } else {
+                        self.batch_failed |= 1 << ((data >> 8) & 0xff);
+                        self.batch_error = Some(-cqe.result());
+                    }
                 }
             }
         }
@@ -422,8 +440,9 @@ impl UringIo {
 }
 
 /// The user data of a send of `generation`.
-fn send_tag(generation: u32) -> u64 {
-    (u64::from(generation) << 8) | SEND_TAG
+/// A send's user data: its batch's generation, its index in the batch, the tag.
+fn send_tag(generation: u32, index: usize) -> u64 {
+    (u64::from(generation) << 16) | (((index & 0xff) as u64) << 8) | SEND_TAG
 }
 
 impl Drop for UringIo {
@@ -486,7 +505,9 @@ mod tests {
             b,
             Sent {
                 filled: 10,
-                sent: 10
+                sent: 10,
+                failed: 0,
+                error: None,
             },
             "only B's completions count"
         );
