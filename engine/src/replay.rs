@@ -26,8 +26,8 @@ pub enum Seen {
 }
 
 /// What the engine asks of a replay filter: one call per authentic packet, from any core.
-/// [`ReplayFilter`] is the one in memory; a filter that survives restarts (issue 11)
-/// implements the same call.
+/// [`ReplayFilter`] is the one in memory; the node's filter that survives restarts
+/// (`node/src/replay.rs`) implements the same call around it.
 pub trait ReplayCheck: std::fmt::Debug + Send + Sync {
     /// Whether `tag` was seen before under this key, remembering it if not.
     fn check_and_insert(&self, tag: &ReplayTag) -> Seen;
@@ -71,10 +71,21 @@ impl ReplayFilter {
 
     /// Checks a tag and remembers it. Lock-free; safe from any number of threads.
     pub fn check_and_insert(&self, tag: &ReplayTag) -> Seen {
+        self.check_and_insert_fingerprint(Self::fingerprint(tag))
+    }
+
+    /// The 64 bits of a tag the filter keeps (never zero): what a filter that survives
+    /// restarts writes down and reads back.
+    pub fn fingerprint(tag: &ReplayTag) -> u64 {
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&tag.0[..8]);
         // zero marks an empty slot
-        let fp = u64::from_le_bytes(fp).max(1);
+        u64::from_le_bytes(fp).max(1)
+    }
+
+    /// [`Self::check_and_insert`] by fingerprint ([`Self::fingerprint`]).
+    pub fn check_and_insert_fingerprint(&self, fp: u64) -> Seen {
+        let fp = fp.max(1);
         if self.len() >= self.capacity {
             return if self.contains(fp) {
                 Seen::Replay

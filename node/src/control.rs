@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
-use engine::{EpochKeys, ReplayFilter};
+use engine::EpochKeys;
 use pki_client::{
     IdentitySecret, MixKeys, NodeDescriptor, PkiClient, Roles, SignatureChecked, Which,
 };
@@ -40,7 +40,8 @@ pub(crate) struct Control {
     pub(crate) senders: Vec<Sender<Command>>,
     pub(crate) installed: Option<u64>,
     pub(crate) registered_in: Option<u64>,
-    pub(crate) replay: Vec<(u64, Arc<ReplayFilter>)>,
+    /// The replay filters' journals.
+    pub(crate) journal: Arc<crate::replay::Journal>,
     /// The newest epoch whose key the cores honour ahead of its installation.
     pub(crate) prepared: Option<u64>,
     pub(crate) metrics: Arc<Metrics>,
@@ -304,24 +305,28 @@ impl Control {
         taken
     }
 
-    /// The replay filter of `epoch`'s key, made on first use: the one filter the key has,
-    /// whether the cores honour it ahead or installed.
-    fn replay_for(&mut self, epoch: u64, epoch_seconds: Option<u64>) -> Arc<ReplayFilter> {
-        if let Some((_, f)) = self.replay.iter().find(|(e, _)| *e == epoch) {
-            return Arc::clone(f);
-        }
+    /// The replay filter of `epoch`'s key, made on first use (its journal read back): the
+    /// one filter the key has, whether the cores honour it ahead or installed.
+    fn replay_for(
+        &mut self,
+        epoch: u64,
+        epoch_seconds: Option<u64>,
+    ) -> Option<Arc<crate::replay::PersistentReplay>> {
         // sized for the epoch: every packet this node may see under the key, four times
         // over (an hour's worth before the epoch length is known)
         let seconds = epoch_seconds.unwrap_or(3600);
         let capacity = ((self.bandwidth * 4.0) as usize)
             .saturating_mul(seconds as usize + 60)
             .clamp(1 << 14, 1 << 27);
-        let replay = Arc::new(ReplayFilter::new(capacity));
-        self.replay.push((epoch, Arc::clone(&replay)));
-        // the installed epoch's, the previous one's (its grace) and those ahead
-        let oldest = self.installed.map_or(0, |i| i.saturating_sub(1));
-        self.replay.retain(|(e, _)| *e >= oldest);
-        replay
+        // two seconds of packets at four times B wait for the journal at most
+        let queue = ((self.bandwidth * 8.0) as usize).clamp(1 << 12, 1 << 22);
+        match self.journal.filter(epoch, capacity, queue) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(epoch, %e, "cannot open the replay journal; the key is not used");
+                None
+            }
+        }
     }
 
     /// Has the cores honour the keys of epochs other nodes may already send under: before
@@ -354,7 +359,9 @@ impl Control {
                     return;
                 }
             };
-            let replay = self.replay_for(e, schedule.map(|p| p.epoch_seconds));
+            let Some(replay) = self.replay_for(e, schedule.map(|p| p.epoch_seconds)) else {
+                return;
+            };
             for s in &self.senders {
                 let _ = s.try_send(Command::PrepareKey {
                     epoch: e,
@@ -374,7 +381,9 @@ impl Control {
                 return;
             }
         };
-        let replay = self.replay_for(epoch, Some(consensus.params().epoch_seconds));
+        let Some(replay) = self.replay_for(epoch, Some(consensus.params().epoch_seconds)) else {
+            return;
+        };
         let consensus = Arc::new(consensus);
         self.metrics.set_nodes(consensus.nodes().len());
         // a node that left forwards until the consensus no longer lists it, and through the
@@ -424,5 +433,6 @@ impl Control {
         self.installed = Some(epoch);
         // the keys of epochs before the previous one are no longer needed: erase them
         self.keys.erase_before(epoch.saturating_sub(1));
+        self.journal.forget_before(epoch.saturating_sub(1));
     }
 }

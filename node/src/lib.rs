@@ -12,6 +12,7 @@ pub mod io;
 pub mod keys;
 pub mod local;
 pub mod metrics;
+mod replay;
 pub mod runtime;
 pub(crate) mod service;
 mod session;

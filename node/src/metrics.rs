@@ -38,6 +38,7 @@ pub struct Metrics {
     /// Datagrams the kernel refused, by category (own, forward, loop, cover).
     send_failed: [AtomicU64; 4],
     unreachable_nodes: AtomicU64,
+    replay_unsaved: AtomicU64,
 }
 
 const NO_EPOCH: u64 = u64::MAX;
@@ -62,6 +63,7 @@ impl Metrics {
             undeliverable: AtomicU64::new(0),
             send_failed: Default::default(),
             unreachable_nodes: AtomicU64::new(0),
+            replay_unsaved: AtomicU64::new(0),
         }
     }
 
@@ -85,6 +87,10 @@ impl Metrics {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
+    }
+
+    pub(crate) fn set_replay_unsaved(&self, n: u64) {
+        self.replay_unsaved.store(n, Ordering::Relaxed);
     }
 
     pub(crate) fn set_unreachable_nodes(&self, n: usize) {
@@ -334,6 +340,11 @@ impl Metrics {
                 ("{category=\"loop\"}", failed[2]),
                 ("{category=\"cover\"}", failed[3]),
             ],
+        );
+        counter(
+            "replay_unsaved_total",
+            "Replay tags not written to the journal (queue full, write failed): after a crash their packets could be replayed once.",
+            &[("", self.replay_unsaved.load(Ordering::Relaxed))],
         );
         let buckets = ["1", "3", "7", "15", "31", "63", "+Inf"];
         let _ = writeln!(

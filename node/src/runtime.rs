@@ -87,6 +87,8 @@ pub struct Node {
     key_dir: std::path::PathBuf,
     addr: SocketAddr,
     addrs: Vec<SocketAddr>,
+    /// The replay journal's thread, stopped after the cores (its last flush sees all).
+    journal: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     /// Holds the node's port ([`bind_node`]).
     _port_lock: std::os::unix::net::UnixDatagram,
     cores: Vec<Core>,
@@ -213,6 +215,18 @@ impl Node {
         let control_presence = Arc::clone(&presence);
         let control_service = service_tx.clone();
         let control_addrs = addrs.clone();
+        let journal = Arc::new(crate::replay::Journal::open(
+            &config.key_dir.join("replay"),
+        )?);
+        let control_journal = Arc::clone(&journal);
+        let journal_stop = Arc::new(AtomicBool::new(false));
+        let journal_thread = {
+            let stop = Arc::clone(&journal_stop);
+            let metrics = Arc::clone(&metrics);
+            std::thread::Builder::new()
+                .name("mixed-replay-journal".into())
+                .spawn(move || journal.run(&stop, &metrics))?
+        };
         let forwarding_senders = senders.clone();
         let mut service_seed = [0u8; 32];
         getrandom::fill(&mut service_seed)?;
@@ -251,7 +265,7 @@ impl Node {
                     installed: None,
                     registered_in: None,
                     prepared: None,
-                    replay: Vec::new(),
+                    journal: control_journal,
                     metrics: control_metrics,
                     clock,
                     stop_forwarding_at: None,
@@ -272,6 +286,7 @@ impl Node {
             key_dir: config.key_dir.clone(),
             addr,
             addrs,
+            journal: Some((journal_stop, journal_thread)),
             _port_lock: port_lock,
             cores,
             control: Some(control),
@@ -411,6 +426,10 @@ impl Node {
             }
         }
         if let Some(t) = self.control.take() {
+            let _ = t.join();
+        }
+        if let Some((stop, t)) = self.journal.take() {
+            stop.store(true, Ordering::Relaxed);
             let _ = t.join();
         }
     }

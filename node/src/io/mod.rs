@@ -113,6 +113,9 @@ pub(crate) struct Sent {
     pub(crate) error: Option<i32>,
 }
 
+/// How long a node waits for its port to be released by a previous instance that crashed.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 /// The node's sockets, one per core, on one address, and what holds the port.
 pub(crate) struct Bound {
     /// One socket per core.
@@ -163,7 +166,19 @@ pub(crate) fn bind_node(listen: SocketAddr, cores: usize) -> io::Result<Bound> {
     } else {
         None
     };
-    let first = node_socket(listen, reuse)?;
+    // with the lock held no other node has the port; a node that just crashed may still
+    // hold it while the kernel tears its io_uring down (asynchronously, after the exit):
+    // wait for that a few seconds
+    let mut tries = PORT_RELEASE_WAIT.as_millis() / 100;
+    let first = loop {
+        match node_socket(listen, reuse) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && early.is_some() && tries > 0 => {
+                tries -= 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => break other?,
+        }
+    };
     let addr = first.local_addr()?;
     let lock = match early {
         Some(l) => l,
