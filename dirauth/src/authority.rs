@@ -22,6 +22,10 @@ use crate::store::{Store, StoreError};
 pub const VOTE_AT: f64 = 0.3;
 /// When they compute and sign the consensus of epoch E.
 pub const CONSENSUS_AT: f64 = 0.5;
+/// The latest an authority that came back in the middle of an epoch (after a crash or an
+/// outage) votes, when its peers' votes have not all come: until then it waits for them and
+/// adopts the registrations they carry, so its own outage never shrinks the consensus.
+pub const LATE_VOTE_AT: f64 = 0.45;
 /// Epochs of votes, documents and signatures kept.
 pub const KEEP_EPOCHS: u64 = 8;
 
@@ -99,6 +103,13 @@ pub struct Authority {
     consensus: BTreeMap<u64, EpochConsensus>,
     /// Signatures that came before this authority computed its consensus of their epoch.
     early_signatures: BTreeMap<u64, Vec<ConsensusSignature>>,
+    /// Whether its database held anything when it opened: it ran before (a restart, or
+    /// the end of an outage), not a new authority.
+    ran_before: bool,
+    /// The epoch of the first tick, when this authority ran before and came back in the
+    /// middle of an epoch (not at its start): in that epoch it is catching up, and votes
+    /// only once its peers have (or at [`LATE_VOTE_AT`]).
+    catching_up_in: Option<Option<u64>>,
 }
 
 /// Something the server should send to the peers.
@@ -146,6 +157,10 @@ impl Authority {
             votes: BTreeMap::new(),
             consensus: BTreeMap::new(),
             early_signatures: BTreeMap::new(),
+            ran_before: !(loaded.descriptors.is_empty()
+                && loaded.votes.is_empty()
+                && loaded.consensus.is_empty()),
+            catching_up_in: None,
         };
         for (_, bytes) in loaded.descriptors {
             if let Ok(d) = SignedDescriptor::from_bytes(&bytes) {
@@ -199,8 +214,15 @@ impl Authority {
     /// persisted before it counts.
     pub fn submit_descriptor(&mut self, bytes: &[u8], now: u64) -> Result<(), SubmitError> {
         let signed = SignedDescriptor::from_bytes(bytes)?;
+        self.take_descriptor(signed, self.epoch_at(now))
+    }
+
+    fn take_descriptor(
+        &mut self,
+        signed: SignedDescriptor,
+        current: u64,
+    ) -> Result<(), SubmitError> {
         let d = signed.descriptor();
-        let current = self.epoch_at(now);
         if d.mix_keys.last_epoch() < current {
             return Err(SubmitError::Stale {
                 last: d.mix_keys.last_epoch(),
@@ -306,6 +328,13 @@ impl Authority {
             return Ok(());
         }
         self.store.put_vote(vote.epoch, &vote.authority.0, bytes)?;
+        // a peer's vote carries the registrations it holds, each signed by its node: take
+        // those this authority missed (while it was down), so its next vote has them too
+        // (one older than what is held, or than a withdrawal, is refused as a replay)
+        let current = self.epoch_at(now);
+        for d in &vote.descriptors {
+            let _ = self.take_descriptor(d.clone(), current);
+        }
         self.votes
             .insert((vote.epoch, vote.authority), (vote, bytes.to_vec()));
         Ok(())
@@ -366,8 +395,15 @@ impl Authority {
         let current = self.epoch_at(now_millis / 1000);
         let next = current + 1;
         let into = self.epoch_fraction(now_millis);
+        let catching_up = *self
+            .catching_up_in
+            .get_or_insert((self.ran_before && into > 0.02).then_some(current))
+            == Some(current);
         let mut out = Vec::new();
-        if into >= VOTE_AT && !self.votes.contains_key(&(next, self.me)) {
+        if into >= VOTE_AT
+            && !self.votes.contains_key(&(next, self.me))
+            && (!catching_up || into >= LATE_VOTE_AT || self.has_all_peer_votes(next))
+        {
             let vote = self.vote_for(next);
             let bytes = vote.sign(&self.secret);
             self.store.put_vote(next, &self.me.0, &bytes)?;
@@ -401,6 +437,24 @@ impl Authority {
             self.prune(current)?;
         }
         Ok(out)
+    }
+
+    fn has_all_peer_votes(&self, epoch: u64) -> bool {
+        self.set
+            .keys()
+            .iter()
+            .filter(|a| **a != self.me)
+            .all(|a| self.votes.contains_key(&(epoch, *a)))
+    }
+
+    /// Whether the server should pull the peers' votes on the next epoch now: from the
+    /// middle of the voting window on, and while this authority waits for them to vote
+    /// itself (it came back in the middle of the epoch).
+    pub fn wants_peer_votes(&self, now_millis: u64) -> bool {
+        let into = self.epoch_fraction(now_millis);
+        let next = self.epoch_at(now_millis / 1000) + 1;
+        let waiting = into >= VOTE_AT && !self.votes.contains_key(&(next, self.me));
+        into < CONSENSUS_AT && (waiting || into >= (VOTE_AT + CONSENSUS_AT) / 2.0)
     }
 
     fn prune(&mut self, current: u64) -> Result<(), StoreError> {

@@ -29,7 +29,7 @@ use axum::routing::{get, post};
 use pki_client::AuthorityEndpoint;
 use pki_client::consensus::MAX_CONSENSUS_BYTES;
 
-use crate::authority::{Authority, CONSENSUS_AT, Outgoing, SubmitError, VOTE_AT};
+use crate::authority::{Authority, CONSENSUS_AT, Outgoing, SubmitError};
 use crate::config::AuthorityConfig;
 use crate::store::{Store, StoreError};
 
@@ -350,14 +350,15 @@ fn schedule_turn(shared: &Shared) {
     for item in &outgoing {
         push(agent, &shared.peers, item);
     }
-    let (next, into) = {
+    let (next, into, pull_votes) = {
         let a = shared.authority();
         (
             a.epoch_at(now as u64) + 1,
             a.epoch_fraction((now * 1000.0) as u64),
+            a.wants_peer_votes((now * 1000.0) as u64),
         )
     };
-    if ((VOTE_AT + CONSENSUS_AT) / 2.0..CONSENSUS_AT).contains(&into) {
+    if pull_votes {
         for peer in &shared.peers {
             if shared.authority().has_vote(next, &peer.identity) {
                 continue;

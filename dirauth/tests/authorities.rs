@@ -284,3 +284,51 @@ fn a_client_caches_the_consensus_and_fetches_the_next_one_ahead() {
     assert_eq!(cached.to_bytes(), first_bytes);
     assert!(client.fetch(Which::Epoch(epoch + 5), &mut net.rng).is_err());
 }
+
+#[test]
+fn authorities_back_from_an_outage_adopt_the_registrations_they_missed() {
+    // two of three authorities are down while every node registers; they come back in the
+    // middle of an epoch, before its vote, with none of those registrations: the consensus
+    // must still list every node (before: they voted with nothing and it listed none)
+    let mut net = Net::start(3, 11);
+    // a network that has run: every authority holds votes and a consensus
+    let client = net.client();
+    net.wait_for(&client, 1);
+    net.stop(1);
+    net.stop(2);
+    let nodes: Vec<_> = (0..12).map(|i| net.node(i, 1)).collect();
+    for (_, d) in &nodes {
+        net.register(d);
+    }
+    assert_eq!(net.status(0)["descriptors"], 12);
+    // back at a tenth to a quarter into an epoch: before its vote, past its start
+    let p = net.params;
+    loop {
+        let now = common::unix_now();
+        let e = p.epoch_at(now as u64);
+        let into = (now - p.epoch_start(e) as f64) / p.epoch_seconds as f64;
+        if (0.1..0.25).contains(&into) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let epoch = net.epoch_now() + 1;
+    net.restart(1);
+    net.restart(2);
+    for i in [1, 2] {
+        let checked = net.wait_for(&net.client_of(i), epoch);
+        let (after, _) = checked.validity();
+        let verified = checked.check_valid_at(after, 0).unwrap();
+        assert_eq!(
+            verified.nodes().len(),
+            12,
+            "authority {i}'s consensus shrank"
+        );
+        assert!(verified.signed_by().len() >= 2);
+        assert_eq!(
+            net.status(i)["descriptors"],
+            12,
+            "authority {i} did not adopt"
+        );
+    }
+}
