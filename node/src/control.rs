@@ -48,6 +48,35 @@ pub(crate) struct Control {
     pub(crate) clock: Clock,
     /// When a node that left stops forwarding (unix seconds).
     pub(crate) stop_forwarding_at: Option<u64>,
+    /// The consensus installed, and whether it was carried forward (no consensus from the
+    /// authorities for its epoch).
+    pub(crate) current: Option<Arc<pki_client::VerifiedConsensus>>,
+    pub(crate) carried: Option<u64>,
+    /// Warnings given, each once per epoch.
+    pub(crate) warned: WarnOnce,
+}
+
+/// Warnings logged once per condition and epoch, never every turn of the loop.
+#[derive(Debug, Default)]
+pub(crate) struct WarnOnce(Vec<(&'static str, u64)>);
+
+impl WarnOnce {
+    /// Whether `what` is new for `epoch` (and remembers it).
+    fn first(&mut self, what: &'static str, epoch: u64) -> bool {
+        if self.0.contains(&(what, epoch)) {
+            return false;
+        }
+        self.0.retain(|(w, e)| *w != what || *e + 1 >= epoch);
+        self.0.push((what, epoch));
+        true
+    }
+}
+
+/// How far into an epoch a node without its consensus carries the previous one forward:
+/// a tenth of the epoch, at most 10 s (the authorities publish it half an epoch ahead, so
+/// by then it is late).
+fn carry_after(p: &pki_client::NetworkParams) -> u64 {
+    (p.epoch_seconds / 10).clamp(1, 10)
 }
 
 /// How long before the next epoch starts its key is honoured (at most half an epoch):
@@ -178,7 +207,7 @@ impl Control {
                 }
             }
             if let Some(e) = epoch
-                && self.installed.is_none_or(|i| i < e)
+                && (self.installed.is_none_or(|i| i < e) || self.carried == Some(e))
             {
                 let c = match pending.take() {
                     Some(c) if c.epoch() == e => Some(c),
@@ -208,10 +237,28 @@ impl Control {
                         }
                     }
                     match c.check_valid_at(now, 5) {
-                        Ok(v) => self.install(e, v),
-                        Err(err) => tracing::warn!(%err, "consensus not valid now"),
+                        Ok(v) => {
+                            if self.carried == Some(e) {
+                                tracing::info!(
+                                    epoch = e,
+                                    "the authorities published the consensus; it replaces the one carried forward"
+                                );
+                            }
+                            self.install(e, v);
+                        }
+                        Err(err) => {
+                            if self.warned.first("invalid", e) {
+                                tracing::warn!(%err, epoch = e, "consensus not valid now (logged once an epoch)");
+                            }
+                        }
                     }
                 }
+            }
+            if let (Some(e), Some(p)) = (epoch, schedule)
+                && self.installed.is_some_and(|i| i < e)
+                && now >= p.epoch_start(e) + carry_after(&p)
+            {
+                self.carry_forward(e);
             }
             if let Some(params) = schedule {
                 let e = params.epoch_at(now);
@@ -276,9 +323,15 @@ impl Control {
             self.registered_in = Some(epoch);
             true
         } else {
-            for (url, r) in &answers {
-                if let Err(e) = r {
-                    tracing::warn!(%url, %e, "registration refused; retrying with backoff");
+            if self.warned.first("registration", epoch) {
+                for (url, r) in &answers {
+                    if let Err(e) = r {
+                        tracing::warn!(
+                            %url,
+                            %e,
+                            "registration refused; retrying with backoff (logged once an epoch)"
+                        );
+                    }
                 }
             }
             false
@@ -373,6 +426,44 @@ impl Control {
         }
     }
 
+    /// No consensus for `epoch` from the authorities (an outage): carry the installed one
+    /// forward under the keys it lists for `epoch`, as every node does, so keys rotate on
+    /// schedule; warn once. A consensus already carried cannot be carried again.
+    fn carry_forward(&mut self, epoch: u64) {
+        let carried = self
+            .current
+            .as_ref()
+            .filter(|c| c.epoch() + 1 == epoch)
+            .and_then(|c| c.carried_forward());
+        match carried {
+            Some(c) => {
+                if self.warned.first("carried", epoch) {
+                    tracing::warn!(
+                        epoch,
+                        nodes = c.nodes().len(),
+                        "no consensus from the authorities for this epoch (are they down?): \
+                         carrying the previous one forward under the keys it lists for this \
+                         epoch; the authorities' consensus replaces it when it comes"
+                    );
+                }
+                self.install(epoch, c);
+                self.carried = Some(epoch);
+                self.metrics.set_carried(true);
+            }
+            None => {
+                if self.warned.first("expired", epoch) {
+                    tracing::warn!(
+                        epoch,
+                        installed = self.installed,
+                        "no consensus from the authorities for this epoch and none to carry \
+                         forward: running on an expired consensus, mix keys cannot rotate \
+                         until the authorities publish one"
+                    );
+                }
+            }
+        }
+    }
+
     fn install(&mut self, epoch: u64, consensus: pki_client::VerifiedConsensus) {
         let secret = match self.keys.mix_key(epoch) {
             Ok(k) => k,
@@ -385,6 +476,9 @@ impl Control {
             return;
         };
         let consensus = Arc::new(consensus);
+        self.current = Some(Arc::clone(&consensus));
+        self.carried = None;
+        self.metrics.set_carried(false);
         self.metrics.set_nodes(consensus.nodes().len());
         // a node that left forwards until the consensus no longer lists it, and through the
         // previous key's grace after (packets built under the old consensus still come)

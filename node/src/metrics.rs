@@ -39,6 +39,7 @@ pub struct Metrics {
     send_failed: [AtomicU64; 4],
     unreachable_nodes: AtomicU64,
     replay_unsaved: AtomicU64,
+    carried: AtomicU64,
 }
 
 const NO_EPOCH: u64 = u64::MAX;
@@ -64,6 +65,7 @@ impl Metrics {
             send_failed: Default::default(),
             unreachable_nodes: AtomicU64::new(0),
             replay_unsaved: AtomicU64::new(0),
+            carried: AtomicU64::new(0),
         }
     }
 
@@ -87,6 +89,16 @@ impl Metrics {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
+    }
+
+    pub(crate) fn set_carried(&self, carried: bool) {
+        self.carried.store(u64::from(carried), Ordering::Relaxed);
+    }
+
+    /// Whether the installed consensus was carried forward (the authorities published none
+    /// for its epoch).
+    pub fn carried(&self) -> bool {
+        self.carried.load(Ordering::Relaxed) == 1
     }
 
     pub(crate) fn set_replay_unsaved(&self, n: u64) {
@@ -388,6 +400,12 @@ impl Metrics {
             "consensus_nodes",
             "Nodes in the installed consensus.",
             self.nodes.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "consensus_carried",
+            "1 while the installed consensus is the previous one carried forward (no consensus from the authorities for this epoch).",
+            self.carried.load(Ordering::Relaxed) as f64,
         );
         gauge(
             &mut out,

@@ -269,6 +269,9 @@ impl Node {
                     metrics: control_metrics,
                     clock,
                     stop_forwarding_at: None,
+                    current: None,
+                    carried: None,
+                    warned: Default::default(),
                 };
                 control.run(&control_stop);
             })?;

@@ -402,3 +402,33 @@ fn a_nodes_port_is_its_own() {
     drop(two);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn with_the_authorities_down_nodes_carry_the_consensus_forward_and_keep_delivering() {
+    let mut net = LocalNetwork::start(&options(5, IoChoice::Auto, 1)).unwrap();
+    // two of three down: no consensus gets a majority of signatures
+    net.authorities.pop().unwrap().stop();
+    net.authorities.pop().unwrap().stop();
+    let before = net.nodes.iter().filter_map(|n| n.epoch()).max().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(4 * net.params.epoch_seconds);
+    while !net.nodes.iter().all(|n| n.metrics().carried()) {
+        assert!(
+            Instant::now() < deadline,
+            "no node carried the consensus forward"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let carried = net.nodes[0].epoch().unwrap();
+    assert!(carried > before);
+    assert!(net.nodes.iter().all(|n| n.epoch() == Some(carried)));
+    // the keys rotated with it: messages still go around, nothing fails the MAC
+    deliver(&net, 10);
+    for (i, node) in net.nodes.iter().enumerate() {
+        let c = node.counters();
+        assert_eq!(
+            (c.drops(DropReason::HeaderMac), c.drops(DropReason::NoKey)),
+            (0, 0),
+            "node {i}: {c:?}"
+        );
+    }
+}

@@ -217,6 +217,45 @@ impl VerifiedConsensus {
             .and_then(|i| self.consensus.nodes.get(i))
     }
 
+    /// This consensus carried into the next epoch, for when the authorities publish none
+    /// for it (an outage): every node that listed a mix key for the next epoch, under that
+    /// key, valid through the next epoch. Every node derives the same document from the
+    /// same consensus, so mix keys still rotate on schedule, network-wide. `None` when no
+    /// node listed a next key (a carried consensus lists none: it is carried once).
+    pub fn carried_forward(&self) -> Option<VerifiedConsensus> {
+        let c = &self.consensus;
+        let nodes: Vec<ConsensusNode> = c
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                n.next_mix_key.map(|key| {
+                    ConsensusNode::new(
+                        n.identity,
+                        n.addresses.clone(),
+                        n.bandwidth,
+                        n.roles.clone(),
+                        key,
+                        None,
+                    )
+                })
+            })
+            .collect();
+        if nodes.is_empty() {
+            return None;
+        }
+        let epoch = c.epoch.checked_add(1)?;
+        Some(VerifiedConsensus {
+            consensus: Consensus {
+                epoch,
+                valid_after: c.params.epoch_start(epoch),
+                valid_until: c.valid_until.saturating_add(c.params.epoch_seconds),
+                params: c.params,
+                nodes,
+            },
+            signed_by: self.signed_by.clone(),
+        })
+    }
+
     /// The authorities whose valid signatures it carries.
     pub fn signed_by(&self) -> &[IdentityKey] {
         &self.signed_by

@@ -395,3 +395,29 @@ fn a_consensus_with_parameters_out_of_range_is_refused_naming_the_field() {
         assert!(err.to_string().contains(field), "{field}: {err}");
     }
 }
+
+#[test]
+fn a_consensus_carried_forward_lists_the_next_keys_once() {
+    let (authorities, set, consensus) = network(3, 9);
+    let bytes = signed_by(&consensus, &[&authorities[0], &authorities[1]]);
+    let verified = UnverifiedConsensus::from_bytes(&bytes)
+        .unwrap()
+        .check_signatures(&set)
+        .unwrap()
+        .check_valid_at(consensus.valid_after, 0)
+        .unwrap();
+    let carried = verified.carried_forward().unwrap();
+    assert_eq!(carried.epoch(), 11);
+    assert_eq!(carried.consensus().valid_after, PARAMS.epoch_start(11));
+    assert!(carried.consensus().valid_until > consensus.valid_until);
+    assert_eq!(carried.nodes().len(), 3);
+    for (was, now) in verified.nodes().iter().zip(carried.nodes()) {
+        assert_eq!(now.id(), was.id());
+        assert_eq!(Some(now.mix_key), was.next_mix_key);
+        assert_eq!(now.addresses, was.addresses);
+        assert!(carried.node(&was.id()).is_some());
+    }
+    assert_eq!(carried.signed_by(), verified.signed_by());
+    // a carried consensus lists no next keys: it is not carried again
+    assert!(carried.carried_forward().is_none());
+}
