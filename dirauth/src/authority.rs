@@ -128,6 +128,8 @@ pub struct Status {
     pub identity: String,
     /// The current epoch.
     pub epoch: u64,
+    /// The authority's clock, unix seconds (nodes measure their clock skew against it).
+    pub now: u64,
     /// Descriptors held.
     pub descriptors: usize,
     /// Withdrawals held.
@@ -516,6 +518,7 @@ impl Authority {
         Status {
             identity: self.me.to_hex(),
             epoch: self.epoch_at(now),
+            now,
             descriptors: self.descriptors.len(),
             withdrawals: self.withdrawals.len(),
             consensus: self

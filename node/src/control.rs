@@ -54,7 +54,13 @@ pub(crate) struct Control {
     pub(crate) carried: Option<u64>,
     /// Warnings given, each once per epoch.
     pub(crate) warned: WarnOnce,
+    /// The epoch the authorities' identities and clocks were last found right in.
+    pub(crate) authorities_checked: Option<u64>,
 }
+
+/// The most this node's clock may differ from the authorities' (the tolerance of the
+/// consensus validity check) before it refuses to register.
+const MAX_SKEW_SECONDS: i64 = 5;
 
 /// Warnings logged once per condition and epoch, never every turn of the loop.
 #[derive(Debug, Default)]
@@ -219,8 +225,16 @@ impl Control {
                                     fetches.succeeded(t, Duration::ZERO);
                                     Some(c)
                                 }
-                                Err(_) => {
+                                Err(err) => {
                                     fetches.failed(t, &mut rng, max);
+                                    // say why, once an epoch (a wrong authority key shows here)
+                                    if self.warned.first("fetch", e) {
+                                        tracing::warn!(
+                                            epoch = e,
+                                            %err,
+                                            "no consensus for the epoch yet; retrying with backoff (logged once an epoch)"
+                                        );
+                                    }
                                     None
                                 }
                             }
@@ -312,8 +326,66 @@ impl Control {
         .ok()
     }
 
+    /// Before registering (once an epoch): whether a majority of the configured authorities
+    /// answer with the identity the configuration lists for them and a clock within
+    /// [`MAX_SKEW_SECONDS`] of this node's. A wrong key or a skewed clock would make the
+    /// node a dead hop (listed, but unable to verify or use any consensus): it is an error
+    /// that names the fix, and the node does not register until it is fixed.
+    fn authorities_agree(&mut self, epoch: u64) -> bool {
+        if self.authorities_checked == Some(epoch) {
+            return true;
+        }
+        let checks = self.client.check_authorities();
+        let local = unix_now() as i64;
+        let mut skews = Vec::new();
+        let mut agree = 0;
+        for (url, r) in &checks {
+            match r {
+                Ok(s) => {
+                    agree += 1;
+                    if let Some(t) = s.now {
+                        skews.push(local - t as i64);
+                    }
+                }
+                Err(e) if e.starts_with("unreachable") => {}
+                Err(e) => {
+                    if self.warned.first("authority identity", epoch) {
+                        tracing::error!(%url, "authority misconfigured: {e}");
+                    }
+                }
+            }
+        }
+        skews.sort_unstable();
+        let skew = skews.get(skews.len() / 2).copied();
+        if let Some(s) = skew {
+            self.metrics.set_clock_skew(s);
+            if s.abs() > MAX_SKEW_SECONDS {
+                if self.warned.first("clock skew", epoch) {
+                    tracing::error!(
+                        skew_seconds = s,
+                        "this machine's clock is {} s {} the authorities': consensus documents \
+                         would look {} and the node would idle; fix the system time (NTP). \
+                         Not registering until then",
+                        s.abs(),
+                        if s > 0 { "ahead of" } else { "behind" },
+                        if s > 0 { "expired" } else { "not yet valid" },
+                    );
+                }
+                return false;
+            }
+        }
+        let ok = agree * 2 > checks.len();
+        if ok {
+            self.authorities_checked = Some(epoch);
+        }
+        ok
+    }
+
     /// Registers for `epoch`; whether a majority took it.
     fn register(&mut self, epoch: u64) -> bool {
+        if !self.authorities_agree(epoch) {
+            return false;
+        }
         let Some(d) = self.descriptor(epoch) else {
             return false;
         };

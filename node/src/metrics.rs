@@ -40,6 +40,8 @@ pub struct Metrics {
     unreachable_nodes: AtomicU64,
     replay_unsaved: AtomicU64,
     carried: AtomicU64,
+    /// This node's clock minus the authorities' (median), seconds.
+    clock_skew: std::sync::atomic::AtomicI64,
 }
 
 const NO_EPOCH: u64 = u64::MAX;
@@ -66,6 +68,7 @@ impl Metrics {
             unreachable_nodes: AtomicU64::new(0),
             replay_unsaved: AtomicU64::new(0),
             carried: AtomicU64::new(0),
+            clock_skew: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -89,6 +92,15 @@ impl Metrics {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
+    }
+
+    pub(crate) fn set_clock_skew(&self, seconds: i64) {
+        self.clock_skew.store(seconds, Ordering::Relaxed);
+    }
+
+    /// This node's clock minus the authorities' (their median), seconds, as last measured.
+    pub fn clock_skew(&self) -> i64 {
+        self.clock_skew.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_carried(&self, carried: bool) {
@@ -400,6 +412,12 @@ impl Metrics {
             "consensus_nodes",
             "Nodes in the installed consensus.",
             self.nodes.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "clock_skew_seconds",
+            "This node's clock minus the authorities' (their median), as last measured before registering.",
+            self.clock_skew.load(Ordering::Relaxed) as f64,
         );
         gauge(
             &mut out,

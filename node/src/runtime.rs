@@ -272,6 +272,7 @@ impl Node {
                     current: None,
                     carried: None,
                     warned: Default::default(),
+                    authorities_checked: None,
                 };
                 control.run(&control_stop);
             })?;

@@ -191,3 +191,98 @@ fn a_node_without_a_consensus_backs_off_instead_of_hammering_the_authorities() {
     assert!(requests <= 24, "{requests} requests in 4 s");
     assert!(requests >= 2, "the node asked nothing: {requests}");
 }
+
+/// An authority that answers only its status page (with `identity` and a clock `offset`
+/// seconds from ours) and counts the registrations it is sent.
+fn stub_authority(
+    identity: String,
+    offset: i64,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&posts);
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(s);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            if line.starts_with("POST") {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut s = reader.into_inner();
+            let now = node::runtime::unix_now() as i64 + offset;
+            let (code, body) = if line.starts_with("GET /v1/status") {
+                (
+                    "200 OK",
+                    format!("{{\"identity\":\"{identity}\",\"epoch\":3,\"now\":{now}}}"),
+                )
+            } else {
+                ("404 Not Found", "no\n".to_string())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {code}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, posts)
+}
+
+/// Runs `mixed node` (not passive) against one authority for a few seconds; its log.
+fn run_against(name: &str, url: &str, identity: &str) -> String {
+    let d = dir(name);
+    let path = d.join("node.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "key_dir = \"keys\"\nlisten = \"127.0.0.1:0\"\nbandwidth = 10\nmetrics = \"off\"\n\
+             api_socket = \"off\"\n[[authorities]]\nidentity = \"{identity}\"\nurl = \"{url}\"\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.join("node.log")).unwrap();
+    let mut child = mixed()
+        .args(["node", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(d.join("node.log")).unwrap()
+}
+
+#[test]
+fn a_wrong_authority_key_is_an_error_naming_the_fix_and_nothing_is_registered() {
+    let real = "ab".repeat(32);
+    let (url, posts) = stub_authority(real.clone(), 0);
+    let log = run_against("wrong-key", &url, &"cd".repeat(32));
+    assert!(log.contains("authority misconfigured"), "{log}");
+    assert!(
+        log.contains(&real),
+        "the error names the key to copy: {log}"
+    );
+    assert!(log.contains("--print-key"), "{log}");
+    assert_eq!(
+        posts.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "registered with an authority it cannot verify"
+    );
+}
+
+#[test]
+fn a_clock_two_minutes_ahead_is_an_error_and_nothing_is_registered() {
+    let key = "ab".repeat(32);
+    let (url, posts) = stub_authority(key.clone(), -120);
+    let log = run_against("skew", &url, &key);
+    assert!(log.contains("120 s ahead of the authorities'"), "{log}");
+    assert!(log.contains("NTP"), "{log}");
+    assert_eq!(posts.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

@@ -66,6 +66,15 @@ pub enum ClientError {
     },
 }
 
+/// What an authority's status page says, once its identity checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthorityStatus {
+    /// Its current epoch.
+    pub epoch: u64,
+    /// Its clock, unix seconds (older authorities do not say).
+    pub now: Option<u64>,
+}
+
 /// A client of the directory authorities.
 #[derive(Debug)]
 pub struct PkiClient {
@@ -228,6 +237,45 @@ impl PkiClient {
                 .ok()?;
             serde_json::from_str::<serde_json::Value>(&text).ok()?["epoch"].as_u64()
         })
+    }
+
+    /// Each authority's status page, checked against its configured identity: what a node
+    /// asks before it registers, so a wrong key or a skewed clock is an error that names
+    /// the fix rather than a silent dead hop.
+    pub fn check_authorities(&self) -> Vec<(String, Result<AuthorityStatus, String>)> {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let status = (|| {
+                    let mut r = self
+                        .agent
+                        .get(&format!("{}/v1/status", e.url))
+                        .call()
+                        .map_err(|err| format!("unreachable: {err}"))?;
+                    let text = r
+                        .body_mut()
+                        .with_config()
+                        .limit(1 << 16)
+                        .read_to_string()
+                        .map_err(|err| format!("unreadable status: {err}"))?;
+                    let v: serde_json::Value = serde_json::from_str(&text)
+                        .map_err(|err| format!("status is not JSON: {err}"))?;
+                    let identity = v["identity"].as_str().unwrap_or_default().to_string();
+                    if identity != e.identity.to_hex() {
+                        return Err(format!(
+                            "its identity is {identity}, but the configuration lists {}: \
+                             copy the key `mixed dirauth --print-key` prints on that authority",
+                            e.identity.to_hex()
+                        ));
+                    }
+                    Ok(AuthorityStatus {
+                        epoch: v["epoch"].as_u64().ok_or("status without an epoch")?,
+                        now: v["now"].as_u64(),
+                    })
+                })();
+                (e.url.clone(), status)
+            })
+            .collect()
     }
 
     fn post_all(&self, path: &str, body: &[u8]) -> Vec<(String, Result<(), ClientError>)> {

@@ -16,7 +16,7 @@ pub mod json;
 pub mod path;
 pub mod verify;
 
-pub use client::{AuthorityEndpoint, ClientError, PkiClient, Which};
+pub use client::{AuthorityEndpoint, AuthorityStatus, ClientError, PkiClient, Which};
 pub use consensus::{
     Consensus, ConsensusNode, ConsensusSignature, NetworkParams, SignedConsensus, Vote, VoteError,
 };
