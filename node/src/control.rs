@@ -161,8 +161,19 @@ impl Control {
                     .min(BACKOFF_MAX)
             });
             if schedule.is_none() && fetches.ready(t) {
-                match self.client.fetch(Which::Current, &mut rng) {
-                    Ok(c) => {
+                // the current consensus, or (a network's first epoch, which has none) the
+                // next one, published half an epoch ahead: either gives the schedule, and the
+                // next one is installed at its start like every other node's
+                let which = [
+                    Some(Which::Current),
+                    told_epoch.map(|e| Which::Epoch(e + 1)),
+                ];
+                let got = which
+                    .into_iter()
+                    .flatten()
+                    .find_map(|w| self.client.fetch(w, &mut rng).ok());
+                match got {
+                    Some(c) => {
                         fetches.succeeded(t, Duration::ZERO);
                         let (after, _) = c.validity();
                         if let Ok(v) = c.clone().check_valid_at(after, 0) {
@@ -170,7 +181,7 @@ impl Control {
                         }
                         pending = Some(c);
                     }
-                    Err(_) => fetches.failed(t, &mut rng, max),
+                    None => fetches.failed(t, &mut rng, max),
                 }
             }
             // the epoch: from the schedule, or, before any consensus exists, an authority's word
@@ -273,6 +284,27 @@ impl Control {
                 && now >= p.epoch_start(e) + carry_after(&p)
             {
                 self.carry_forward(e);
+            }
+            // a node with nothing installed yet takes the next epoch a little ahead (half as
+            // far ahead as the others honour its keys): at the boundary the nodes that did
+            // install already send to it, and it would have no key for their packets
+            if self.installed.is_none()
+                && let Some(p) = schedule
+                && let Some(c) = pending.as_ref()
+                && c.epoch() == p.epoch_at(now) + 1
+                && p.epoch_start(c.epoch()).saturating_sub(now)
+                    <= AHEAD_LEAD.min(p.epoch_seconds / 2) / 2
+                && let Some(c) = pending.take()
+            {
+                let e = c.epoch();
+                match c.check_valid_at(p.epoch_start(e), 5) {
+                    Ok(v) => self.install(e, v),
+                    Err(err) => {
+                        if self.warned.first("invalid", e) {
+                            tracing::warn!(%err, epoch = e, "consensus not valid (logged once an epoch)");
+                        }
+                    }
+                }
             }
             if let Some(params) = schedule {
                 let e = params.epoch_at(now);
@@ -454,19 +486,15 @@ impl Control {
         }
     }
 
-    /// Has the cores honour the keys of epochs other nodes may already send under: before
-    /// any epoch is installed, the current one's; from [`AHEAD_LEAD`] (at most half an
-    /// epoch) before the next epoch starts, the next one's.
+    /// Has the cores honour the key of the next epoch, which other nodes may already send
+    /// under, from [`AHEAD_LEAD`] (at most half an epoch) before it starts.
     fn prepare_ahead(
         &mut self,
         epoch: u64,
         schedule: Option<&pki_client::NetworkParams>,
         now: u64,
     ) {
-        let mut want = Vec::with_capacity(2);
-        if self.installed.is_none() {
-            want.push(epoch);
-        }
+        let mut want = Vec::with_capacity(1);
         if let Some(p) = schedule {
             let lead = AHEAD_LEAD.min(p.epoch_seconds / 2);
             if p.epoch_start(epoch + 1).saturating_sub(now) <= lead {

@@ -177,6 +177,9 @@ fn a_replay_is_dropped_whichever_core_and_source_port_it_comes_from() {
 fn garbage_datagrams_are_counted_and_the_node_keeps_working() {
     let net = LocalNetwork::start(&options(5, IoChoice::Auto, 1)).unwrap();
     let target = &net.nodes[1];
+    // counted from here (what came before the node installed its first epoch aside)
+    std::thread::sleep(Duration::from_millis(200));
+    let base = target.counters();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     for len in [0usize, 1, 100, 348, 1451, 1453, 2000, 4000] {
         socket.send_to(&vec![0x5a; len], target.addr()).unwrap();
@@ -184,19 +187,24 @@ fn garbage_datagrams_are_counted_and_the_node_keeps_working() {
     for fill in [0u8, 0xff, 0x33] {
         socket.send_to(&[fill; 1452], target.addr()).unwrap();
     }
+    let since = |c: &engine::Counters, r: DropReason| c.drops(r) - base.drops(r);
     let bad = |c: &engine::Counters| {
-        c.drops(DropReason::WrongSize)
-            + c.drops(DropReason::HeaderMac)
-            + c.drops(DropReason::LowOrderAlpha)
+        since(c, DropReason::WrongSize)
+            + since(c, DropReason::HeaderMac)
+            + since(c, DropReason::LowOrderAlpha)
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while bad(&target.counters()) < 11 && Instant::now() < deadline {
+    // a zero-length datagram may not reach the engine at all (io_uring): 10 or 11
+    while bad(&target.counters()) < 10 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let c = target.counters();
-    assert!(c.drops(DropReason::WrongSize) >= 7, "{c:?}");
-    assert!(
-        c.drops(DropReason::HeaderMac) + c.drops(DropReason::LowOrderAlpha) >= 3,
+    std::thread::sleep(Duration::from_millis(200));
+    let c = target.counters();
+    assert!((7..=8).contains(&since(&c, DropReason::WrongSize)), "{c:?}");
+    assert_eq!(
+        since(&c, DropReason::HeaderMac) + since(&c, DropReason::LowOrderAlpha),
+        3,
         "{c:?}"
     );
     deliver(&net, 5);
@@ -276,9 +284,17 @@ fn bad_configuration_and_key_files_are_clear_errors() {
 #[test]
 fn a_fault_free_network_drops_nothing_for_keys_across_five_epoch_boundaries() {
     // packets built under the next epoch's key reach nodes a little before they install
-    // it (their clocks and polls differ): they must be accepted, not counted as damage
+    // it (their clocks and polls differ): they must be accepted, not counted as damage.
+    // Counted from the first epoch every node has installed (the network's very first
+    // install races by a poll: see docs/node.md)
     let net = LocalNetwork::start(&options(5, IoChoice::Auto, 1)).unwrap();
-    let first = net.nodes.iter().filter_map(|n| n.epoch()).max().unwrap();
+    let mut first = net.nodes.iter().filter_map(|n| n.epoch()).max().unwrap();
+    while net.nodes.iter().any(|n| n.epoch() != Some(first)) {
+        std::thread::sleep(Duration::from_millis(20));
+        first = net.nodes.iter().filter_map(|n| n.epoch()).max().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let base: Vec<engine::Counters> = net.nodes.iter().map(|n| n.counters()).collect();
     let deadline = Instant::now() + Duration::from_secs(6 * net.params.epoch_seconds + 10);
     while net
         .nodes
@@ -291,10 +307,15 @@ fn a_fault_free_network_drops_nothing_for_keys_across_five_epoch_boundaries() {
     deliver(&net, 5);
     for (i, node) in net.nodes.iter().enumerate() {
         let c = node.counters();
+        let since = |r| c.drops(r) - base[i].drops(r);
         assert!(c.received > 500, "node {i} received too little: {c:?}");
         assert_eq!(
-            (c.drops(DropReason::HeaderMac), c.drops(DropReason::NoKey)),
-            (0, 0),
+            (
+                since(DropReason::HeaderMac),
+                since(DropReason::NoKey),
+                since(DropReason::WrongSize)
+            ),
+            (0, 0, 0),
             "node {i}: {c:?}"
         );
     }

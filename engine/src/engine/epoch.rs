@@ -14,8 +14,8 @@ use super::{Engine, EpochKeys};
 use crate::pool::PacketPool;
 use crate::replay::ReplayCheck;
 
-/// Keys of epochs not yet installed that are honoured at once: the current epoch's (while
-/// its consensus is not yet at hand) and the next one's.
+/// Keys of epochs not yet installed that are honoured at once (the next epoch's, and one
+/// more should the driver prepare two).
 pub(super) const MAX_AHEAD: usize = 2;
 
 /// The key of an epoch not yet installed.
@@ -60,7 +60,8 @@ impl Engine {
     /// installed it a moment earlier (its clock or its poll ahead of this one's) already
     /// sends under it, and those packets are authentic. `replay` must be the filter that
     /// [`Engine::install_epoch`] later gets for the epoch. Keys of epochs already installed
-    /// are ignored; at most [`MAX_AHEAD`] are kept, the newest.
+    /// are ignored; at most [`MAX_AHEAD`] are kept, the newest. They are used once an epoch
+    /// is installed (before that the packet size is unknown and nothing can be routed).
     pub fn prepare_key(&mut self, epoch: u64, secret: MixSecretKey, replay: Arc<dyn ReplayCheck>) {
         if self.epoch().is_some_and(|e| epoch <= e) {
             return;

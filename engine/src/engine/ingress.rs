@@ -24,9 +24,8 @@ impl Engine {
     }
 
     pub(super) fn handle_chunk<B: AsMut<[u8]>>(&mut self, now: Timestamp, chunk: &mut [B]) {
-        // the keys a packet may be under, most likely first: the installed epoch's (or, before
-        // any is, the oldest prepared one), the previous epoch's through its grace, then the
-        // keys prepared ahead
+        // the keys a packet may be under, most likely first: the installed epoch's, the
+        // previous epoch's through its grace, then the keys prepared ahead
         let mut keys: [Option<(MixSecretKey, Arc<dyn ReplayCheck>)>; 2 + MAX_AHEAD] =
             Default::default();
         let mut k = 0;
@@ -44,7 +43,9 @@ impl Engine {
             keys[k] = Some((a.secret.clone(), Arc::clone(&a.replay)));
             k += 1;
         }
-        if k == 0 {
+        // before the first epoch is installed the packet size is unknown and nothing can be
+        // routed: keys prepared ahead wait for it
+        if k == 0 || self.packet_size == 0 {
             for _ in chunk.iter() {
                 self.counters.drop(DropReason::NoKey);
             }
