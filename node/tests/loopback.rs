@@ -198,7 +198,6 @@ fn garbage_datagrams_are_counted_and_the_node_keeps_working() {
     while bad(&target.counters()) < 10 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let c = target.counters();
     std::thread::sleep(Duration::from_millis(200));
     let c = target.counters();
     assert!((7..=8).contains(&since(&c, DropReason::WrongSize)), "{c:?}");
