@@ -603,8 +603,10 @@ impl Control {
             .iter()
             .filter(|n| !self.families.meet(engine::Families::of_all(&n.addresses)))
             .count();
+        let before = self.metrics.unreachable_nodes();
         self.metrics.set_unreachable_nodes(unreachable);
-        if unreachable > 0 {
+        // said when it changes, not every epoch
+        if unreachable > 0 && unreachable as u64 != before {
             tracing::warn!(
                 epoch,
                 unreachable,
