@@ -119,3 +119,192 @@ fn ipv4_ipv6_and_dual_stack_hosts_make_one_network() {
         assert_eq!(m["mixed_drops_total{reason=\"unreachable_next_hop\"}"], 0.0);
     }
 }
+
+/// Three dual-stack authority hosts and `n` dual-stack node hosts, up.
+fn dual_lab(n: usize, bandwidth: &[f64], epoch_seconds: u64) -> Option<Lab> {
+    let mut lab = Lab::new(&vec![Family::Dual; 3 + n], epoch_seconds)?;
+    lab.start_authorities(&[0, 1, 2]);
+    for k in 0..n {
+        lab.start_node(3 + k, bandwidth[k % bandwidth.len()], None);
+    }
+    lab.wait_ready(Duration::from_secs(8 * epoch_seconds));
+    Some(lab)
+}
+
+#[test]
+fn messages_arrive_while_a_fifth_of_the_nodes_is_killed_and_restarted_every_epoch() {
+    let Some(mut lab) = dual_lab(5, &[40.0], 6) else {
+        return;
+    };
+    let mut clients = clients(&lab);
+    let to = lab.nodes[1].node_id;
+    let mut want: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+    // five epochs: one node of five (20%) killed with SIGKILL and restarted in each, the
+    // sender (0) and the receiver (1) kept (their applications hold API sessions)
+    for round in 0..5 {
+        lab.wait_next_epoch(1.0);
+        let victim = lab.nodes[2 + round % 3].proc;
+        lab.kill(victim);
+        for k in 0..2 {
+            let text = format!("round {round} message {k}").into_bytes();
+            clients[0].send(to, &text, options()).unwrap();
+            want.entry(1).or_default().push(text);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        lab.start(victim);
+    }
+    expect_all(&mut clients[..2], want, Duration::from_secs(60), &lab);
+    // the restarted nodes are back in the network
+    let epoch = lab.epoch_now() as f64;
+    for k in 2..5 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while lab.metric(k, "mixed_epoch") < epoch {
+            assert!(Instant::now() < deadline, "node {k} did not come back\n{}", lab.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn an_authority_outage_is_survived_and_the_consensus_comes_back_whole() {
+    let Some(mut lab) = dual_lab(5, &[40.0], 6) else {
+        return;
+    };
+    let (a1, a2) = (lab.authorities[1].0, lab.authorities[2].0);
+    lab.kill(a1);
+    lab.kill(a2);
+    // no majority: no consensus; every node carries the last one forward
+    let deadline = Instant::now() + Duration::from_secs(3 * lab.epoch_seconds);
+    while (0..5).any(|k| lab.metric(k, "mixed_consensus_carried") != 1.0) {
+        assert!(Instant::now() < deadline, "nodes did not carry\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut clients = clients(&lab);
+    let mut want: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+    for (from, to) in [(0, 1), (2, 3), (4, 0)] {
+        let text = format!("during the outage {from} to {to}").into_bytes();
+        clients[from]
+            .send(lab.nodes[to].node_id, &text, options())
+            .unwrap();
+        want.entry(to).or_default().push(text);
+    }
+    expect_all(&mut clients, want, Duration::from_secs(30), &lab);
+    // back: the authorities' next consensus lists every node again
+    lab.start(a1);
+    lab.start(a2);
+    let deadline = Instant::now() + Duration::from_secs(4 * lab.epoch_seconds);
+    while (0..5).any(|k| {
+        let m = lab.scrape(k);
+        m.get("mixed_consensus_carried") != Some(&0.0) || m.get("mixed_consensus_nodes") != Some(&5.0)
+    }) {
+        assert!(Instant::now() < deadline, "no whole consensus after the outage\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_node_offered_twice_its_rate_keeps_its_rate_and_its_memory() {
+    use crypto_simd::sphinx::{self, Delay, Destination, Hop, MixPublicKey, NodeId, PacketRequest};
+    use rand_chacha::ChaCha20Rng;
+    use rand_chacha::rand_core::SeedableRng;
+    // node 0 emits B = 400 packets a second; the test sends it 800 forwards a second
+    let b = 400.0;
+    let Some(lab) = dual_lab(4, &[b, 40.0], 6) else {
+        return;
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    // the epoch node 0 runs (installed a little ahead of the schedule, perhaps); packets
+    // under its key stay valid through the next epoch's grace, longer than the flood
+    let epoch = lab.metric(0, "mixed_epoch") as u64;
+    let consensus = lab
+        .pki()
+        .fetch(pki_client::Which::Epoch(epoch), &mut rng)
+        .unwrap()
+        .check_valid_at(lab.params.epoch_start(epoch), 0)
+        .unwrap();
+    let hop = |k: usize| {
+        let id = lab.nodes[k].node_id;
+        Hop {
+            id: NodeId(id),
+            key: MixPublicKey(consensus.node(&id).unwrap().mix_key),
+        }
+    };
+    // forwards through node 0 to node 1, 2 or 3; built ahead, in batches
+    let seconds = 14;
+    let total = (2.0 * b) as usize * seconds;
+    let routes: Vec<[Hop; 2]> = (1..4).map(|k| [hop(0), hop(k)]).collect();
+    let dests: Vec<Destination> = (1..4)
+        .map(|k| Destination {
+            address: lab.nodes[k].node_id,
+            identifier: [5; 16],
+        })
+        .collect();
+    let delays = [Delay::from_nanos(1_000_000)];
+    let mut packets = vec![vec![0u8; 1452]; total];
+    for (c, chunk) in packets.chunks_mut(16).enumerate() {
+        let requests: Vec<PacketRequest<'_>> = (0..chunk.len())
+            .map(|i| PacketRequest {
+                route: &routes[(c + i) % 3],
+                delays: &delays,
+                destination: &dests[(c + i) % 3],
+                message: b"overload",
+            })
+            .collect();
+        let mut results = vec![Ok(()); chunk.len()];
+        sphinx::build_packets(&requests, &mut rng, chunk, &mut results).unwrap();
+        assert!(results.iter().all(Result::is_ok));
+    }
+    let target = lab.hosts[lab.nodes[0].host].reach(lab.nodes[0].port);
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let sent = |lab: &Lab| -> f64 {
+        lab.scrape(0)
+            .iter()
+            .filter(|(n, _)| n.starts_with("mixed_packets_sent_total"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let proc0 = lab.nodes[0].proc;
+    let start = Instant::now();
+    let (mut at_4s, mut rss_4s) = (None, None);
+    for (i, p) in packets.iter().enumerate() {
+        // paced: 800 a second
+        let due = start + Duration::from_secs_f64(i as f64 / (2.0 * b));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let _ = socket.send_to(p, target);
+        if at_4s.is_none() && start.elapsed() >= Duration::from_secs(4) {
+            at_4s = Some((Instant::now(), sent(&lab)));
+            rss_4s = lab.rss_kib(proc0);
+        }
+    }
+    let (t0, s0) = at_4s.unwrap();
+    let (t1, s1) = (Instant::now(), sent(&lab));
+    let window = t1.duration_since(t0).as_secs_f64();
+    let rate = (s1 - s0) / window;
+    // Poisson slots: within 1% of B, plus three standard deviations of the count
+    let tolerance = 0.01 + 3.0 / (b * window).sqrt();
+    let m = lab.scrape(0);
+    assert!(
+        (rate / b - 1.0).abs() <= tolerance,
+        "output {rate:.1}/s under 2x load, B = {b} (tolerance {:.1}%)\n{m:?}",
+        tolerance * 100.0
+    );
+    // the budget dropped what it could not carry, and nothing was late for want of CPU
+    assert!(m["mixed_drops_total{reason=\"forward_budget\"}"] > 0.0, "{m:?}");
+    assert!(
+        m["mixed_departure_lateness_seconds{quantile=\"0.99\"}"] < 0.05,
+        "departures late under load: {m:?}"
+    );
+    let (rss0, rss1) = (rss_4s.unwrap(), lab.rss_kib(proc0).unwrap());
+    assert!(
+        rss1 < rss0 + 16 * 1024,
+        "memory grew under load: {rss0} KiB -> {rss1} KiB"
+    );
+    println!(
+        "overload: B = {b}, offered {}, output {rate:.1}/s ({:+.2}%), RSS {rss0} -> {rss1} KiB, FDs {:?}",
+        2.0 * b,
+        (rate / b - 1.0) * 100.0,
+        lab.fds(proc0)
+    );
+}
