@@ -5,11 +5,11 @@
 
 #![no_main]
 
+use arbitrary::Arbitrary;
 use crypto_simd::sphinx::{
     Delay, Destination, HEADER_LEN, Hop, MixSecretKey, NodeId, Routing, build_packet,
     process_in_place, recover_plaintext,
 };
-use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
@@ -57,17 +57,38 @@ mod rand_core_shim {
 
 fuzz_target!(|input: Input| {
     let hops = 1 + (input.hops as usize) % 5;
-    let secrets: Vec<MixSecretKey> = input.keys[..hops].iter().map(|k| MixSecretKey::from_bytes(*k)).collect();
+    let secrets: Vec<MixSecretKey> = input.keys[..hops]
+        .iter()
+        .map(|k| MixSecretKey::from_bytes(*k))
+        .collect();
     let route: Vec<Hop> = secrets
         .iter()
         .enumerate()
-        .map(|(i, s)| Hop { id: NodeId([i as u8; 32]), key: s.public_key() })
+        .map(|(i, s)| Hop {
+            id: NodeId([i as u8; 32]),
+            key: s.public_key(),
+        })
         .collect();
-    let delays: Vec<Delay> = input.delays[..hops - 1].iter().map(|&d| Delay::from_nanos(d)).collect();
-    let destination = Destination { address: input.destination, identifier: input.identifier };
+    let delays: Vec<Delay> = input.delays[..hops - 1]
+        .iter()
+        .map(|&d| Delay::from_nanos(d))
+        .collect();
+    let destination = Destination {
+        address: input.destination,
+        identifier: input.identifier,
+    };
     let mut packet = vec![0u8; HEADER_LEN + input.payload_size as usize % 2048];
     let mut rng = SeedRng(input.seed, 0);
-    if build_packet(&route, &delays, &destination, &input.message, &mut rng, &mut packet).is_err() {
+    if build_packet(
+        &route,
+        &delays,
+        &destination,
+        &input.message,
+        &mut rng,
+        &mut packet,
+    )
+    .is_err()
+    {
         return;
     }
     let original = packet.clone();

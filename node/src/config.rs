@@ -128,7 +128,13 @@ impl NodeConfig {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks a configuration's text as if read from `path` (relative paths are
+    /// relative to its folder; nothing is read or written).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;

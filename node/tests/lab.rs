@@ -159,7 +159,11 @@ fn messages_arrive_while_a_fifth_of_the_nodes_is_killed_and_restarted_every_epoc
     for k in 2..5 {
         let deadline = Instant::now() + Duration::from_secs(15);
         while lab.metric(k, "mixed_epoch") < epoch {
-            assert!(Instant::now() < deadline, "node {k} did not come back\n{}", lab.logs());
+            assert!(
+                Instant::now() < deadline,
+                "node {k} did not come back\n{}",
+                lab.logs()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -176,7 +180,11 @@ fn an_authority_outage_is_survived_and_the_consensus_comes_back_whole() {
     // no majority: no consensus; every node carries the last one forward
     let deadline = Instant::now() + Duration::from_secs(3 * lab.epoch_seconds);
     while (0..5).any(|k| lab.metric(k, "mixed_consensus_carried") != 1.0) {
-        assert!(Instant::now() < deadline, "nodes did not carry\n{}", lab.logs());
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not carry\n{}",
+            lab.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut clients = clients(&lab);
@@ -195,9 +203,14 @@ fn an_authority_outage_is_survived_and_the_consensus_comes_back_whole() {
     let deadline = Instant::now() + Duration::from_secs(4 * lab.epoch_seconds);
     while (0..5).any(|k| {
         let m = lab.scrape(k);
-        m.get("mixed_consensus_carried") != Some(&0.0) || m.get("mixed_consensus_nodes") != Some(&5.0)
+        m.get("mixed_consensus_carried") != Some(&0.0)
+            || m.get("mixed_consensus_nodes") != Some(&5.0)
     }) {
-        assert!(Instant::now() < deadline, "no whole consensus after the outage\n{}", lab.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no whole consensus after the outage\n{}",
+            lab.logs()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -291,7 +304,10 @@ fn a_node_offered_twice_its_rate_keeps_its_rate_and_its_memory() {
         tolerance * 100.0
     );
     // the budget dropped what it could not carry, and nothing was late for want of CPU
-    assert!(m["mixed_drops_total{reason=\"forward_budget\"}"] > 0.0, "{m:?}");
+    assert!(
+        m["mixed_drops_total{reason=\"forward_budget\"}"] > 0.0,
+        "{m:?}"
+    );
     assert!(
         m["mixed_departure_lateness_seconds{quantile=\"0.99\"}"] < 0.05,
         "departures late under load: {m:?}"

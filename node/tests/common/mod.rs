@@ -136,6 +136,15 @@ pub struct Lab {
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
+/// The `mixed` binary: the one cargo built for the tests, or `MIXED_BIN` (the soak runs
+/// a release build).
+pub fn mixed_bin() -> PathBuf {
+    std::env::var_os("MIXED_BIN")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_mixed").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("target/release/mixed"))
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -268,7 +277,7 @@ impl Lab {
             .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.hosts[p.host].ns])
-            .arg(env!("CARGO_BIN_EXE_mixed"))
+            .arg(mixed_bin())
             .args(&p.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -350,7 +359,7 @@ impl Lab {
                 self.authority_toml(&d, h, &[(String::new(), url.clone())], genesis),
             )
             .unwrap();
-            let out = Command::new(env!("CARGO_BIN_EXE_mixed"))
+            let out = Command::new(mixed_bin())
                 .args(["dirauth", "--print-key", "--config"])
                 .arg(&path)
                 .output()
