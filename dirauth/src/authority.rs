@@ -26,12 +26,27 @@ pub const CONSENSUS_AT: f64 = 0.5;
 /// outage) votes, when its peers' votes have not all come: until then it waits for them and
 /// adopts the registrations they carry, so its own outage never shrinks the consensus.
 pub const LATE_VOTE_AT: f64 = 0.45;
+/// Epochs after the one a registration is made in that it counts in the votes of.
+pub const REGISTRATION_EPOCHS: u64 = 2;
+/// How far ahead of this authority's clock a registration's time (its sequence) may be.
+pub const MAX_SEQUENCE_AHEAD_SECONDS: u64 = 60;
 /// Epochs of votes, documents and signatures kept.
 pub const KEEP_EPOCHS: u64 = 8;
 
 /// Why a submission was refused; each maps to an HTTP status in the server.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// Its sequence (the unix time of the registration, in milliseconds) is ahead of this
+    /// authority's clock: the node's clock is wrong.
+    #[error(
+        "registration time {at} (its sequence, unix ms / 1000) is ahead of this authority's clock {now}: fix the node's clock"
+    )]
+    FromTheFuture {
+        /// The registration's time, unix seconds.
+        at: u64,
+        /// This authority's clock.
+        now: u64,
+    },
     /// The document does not decode or check.
     #[error(transparent)]
     Document(#[from] DescriptorError),
@@ -216,6 +231,10 @@ impl Authority {
     /// persisted before it counts.
     pub fn submit_descriptor(&mut self, bytes: &[u8], now: u64) -> Result<(), SubmitError> {
         let signed = SignedDescriptor::from_bytes(bytes)?;
+        let at = signed.descriptor().sequence / 1000;
+        if at > now + MAX_SEQUENCE_AHEAD_SECONDS {
+            return Err(SubmitError::FromTheFuture { at, now });
+        }
         self.take_descriptor(signed, self.epoch_at(now))
     }
 
@@ -285,12 +304,21 @@ impl Authority {
         Ok(())
     }
 
-    /// The descriptors this authority would vote for in `epoch`.
+    /// The descriptors this authority would vote for in `epoch`: those with a mix key for
+    /// it, not withdrawn, and registered recently: a descriptor's sequence is the unix time
+    /// of its registration in milliseconds, and it counts in the votes of the
+    /// [`REGISTRATION_EPOCHS`] epochs after the one it was made in. Nodes register every
+    /// epoch, so a live node is always in; one registration missed (an outage) costs
+    /// nothing; a node that crashed leaves the consensus two epochs later.
     fn vote_for(&self, epoch: u64) -> Vote {
         let descriptors = self
             .descriptors
             .values()
             .filter(|d| d.descriptor().mix_keys.for_epoch(epoch).is_some())
+            .filter(|d| {
+                let made = self.params.epoch_at(d.descriptor().sequence / 1000);
+                made + REGISTRATION_EPOCHS >= epoch
+            })
             .filter(|d| {
                 self.withdrawals
                     .get(&d.descriptor().identity)

@@ -103,7 +103,9 @@ fn error_response(e: &SubmitError) -> Response {
         }
         SubmitError::Vote(pki_client::VoteError::BadSignature) => StatusCode::FORBIDDEN,
         SubmitError::Document(_) | SubmitError::Vote(_) => StatusCode::BAD_REQUEST,
-        SubmitError::Stale { .. } | SubmitError::TooEarly { .. } => StatusCode::BAD_REQUEST,
+        SubmitError::Stale { .. }
+        | SubmitError::TooEarly { .. }
+        | SubmitError::FromTheFuture { .. } => StatusCode::BAD_REQUEST,
         SubmitError::Replayed { .. }
         | SubmitError::WrongEpoch { .. }
         | SubmitError::SignatureMismatch(_) => StatusCode::CONFLICT,

@@ -152,7 +152,7 @@ fn a_withdrawn_node_is_absent_from_the_next_consensus() {
     let from = net.next_voted_epoch();
     let withdrawal = Withdrawal {
         identity: d.descriptor().identity,
-        sequence: 2,
+        sequence: d.descriptor().sequence + 1,
         from_epoch: from,
     }
     .sign(secret)
@@ -331,4 +331,53 @@ fn authorities_back_from_an_outage_adopt_the_registrations_they_missed() {
             "authority {i} did not adopt"
         );
     }
+}
+
+#[test]
+fn a_node_that_stops_registering_leaves_the_consensus_two_epochs_later() {
+    // a crash: no withdrawal, only no new registration
+    let mut net = Net::start(3, 13);
+    let client = net.client();
+    net.wait_for(&client, 1);
+    // registered in epoch `made`, before its vote: counted up to made + 2
+    let made = loop {
+        let e = net.next_voted_epoch() - 1;
+        if e == net.epoch_now() {
+            break e;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut nodes: Vec<_> = (0..5).map(|i| net.node(i, 1)).collect();
+    for (_, d) in &nodes {
+        net.register(d);
+    }
+    let crashed = nodes[0].1.descriptor().identity.node_id();
+    // the others register every epoch, as nodes do
+    let listed = |net: &mut Net, epoch: u64| {
+        let c = net.wait_for(&client, epoch);
+        let (after, _) = c.validity();
+        c.check_valid_at(after, 0).unwrap()
+    };
+    for epoch in made + 1..=made + 3 {
+        while net.epoch_now() < epoch {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        for (i, n) in nodes.iter_mut().enumerate().skip(1) {
+            // same keys, a new registration (a newer sequence)
+            let mut d = n.1.descriptor().clone();
+            d.sequence = (common::unix_now() * 1000.0) as u64 + i as u64;
+            n.1 = d.sign(&n.0).unwrap();
+            net.register(&n.1);
+        }
+    }
+    let c = listed(&mut net, made + 2);
+    assert_eq!(
+        c.nodes().len(),
+        5,
+        "a missed registration must cost nothing"
+    );
+    assert!(c.node(&crashed).is_some());
+    let c = listed(&mut net, made + 3);
+    assert_eq!(c.nodes().len(), 4, "the crashed node is still listed");
+    assert!(c.node(&crashed).is_none());
 }

@@ -3,7 +3,8 @@
 //! minutes, sampling every node's RSS, open file descriptors, traffic and drops every 10 s.
 //! Writes a CSV and fails when memory or descriptors grow or messages are lost.
 //!
-//! `scripts/soak.sh [minutes] [csv]` builds a release binary and runs it (as root).
+//! `scripts/soak.sh [minutes] [csv]` builds a release binary and runs it (as root). A debug
+//! build cannot keep up with B = 100 (its cores fall behind on cover and stop reading).
 
 #![allow(
     clippy::unwrap_used,
@@ -144,6 +145,8 @@ fn main() {
     println!(
         "soak: {minutes} min, {sent} messages sent, {delivered} delivered, {churned} restarts; samples in {out}"
     );
+    // the lab's namespaces and processes go before exit (which runs no destructor)
+    drop(lab);
     if !failed.is_empty() {
         eprintln!("soak FAILED: {}", failed.join("; "));
         std::process::exit(1);

@@ -187,7 +187,8 @@ impl Net {
         }
     }
 
-    /// A node's descriptor with keys from the current epoch on.
+    /// A node's descriptor with keys from the current epoch on, registered now: its
+    /// sequence is the unix time in milliseconds plus `sequence` (so a larger one is newer).
     pub fn node(&mut self, i: u16, sequence: u64) -> (IdentitySecret, SignedDescriptor) {
         let secret = IdentitySecret::generate(&mut self.rng);
         let mut keys = vec![[0u8; 32]; 4];
@@ -196,7 +197,7 @@ impl Net {
         }
         let d = NodeDescriptor {
             identity: secret.public(),
-            sequence,
+            sequence: (unix_now() * 1000.0) as u64 + sequence,
             addresses: vec![format!("127.0.0.1:{}", 20_000 + i).parse().unwrap()],
             bandwidth: 1 + self.rng.next_u32() % 100,
             roles: Roles {
