@@ -11,6 +11,7 @@ pub mod authority;
 pub mod config;
 pub mod server;
 pub mod store;
+pub mod timed;
 
 pub use authority::{Authority, SubmitError};
 pub use config::{AuthorityConfig, ConfigError};

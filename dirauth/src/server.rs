@@ -23,6 +23,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+
+use crate::timed::{Peer, TimedListener};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -128,7 +130,7 @@ fn rate_limited(shared: &Shared, from: SocketAddr) -> Option<Response> {
 
 async fn post_descriptor(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     body: Bytes,
 ) -> Response {
     if let Some(r) = rate_limited(&shared, from) {
@@ -143,7 +145,7 @@ async fn post_descriptor(
 
 async fn post_withdrawal(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     body: Bytes,
 ) -> Response {
     if let Some(r) = rate_limited(&shared, from) {
@@ -178,7 +180,7 @@ fn consensus_response(shared: &Shared, epoch: u64, json: bool) -> Response {
 
 async fn get_consensus(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     Path(epoch): Path<String>,
     Query(q): Query<FormatQuery>,
 ) -> Response {
@@ -204,7 +206,7 @@ async fn get_consensus(
 
 async fn post_vote(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     body: Bytes,
 ) -> Response {
     if let Some(r) = rate_limited(&shared, from) {
@@ -219,7 +221,7 @@ async fn post_vote(
 
 async fn get_vote(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     Path(epoch): Path<u64>,
 ) -> Response {
     if let Some(r) = rate_limited(&shared, from) {
@@ -233,7 +235,7 @@ async fn get_vote(
 
 async fn post_signature(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     Path(epoch): Path<u64>,
     body: Bytes,
 ) -> Response {
@@ -248,7 +250,7 @@ async fn post_signature(
 
 async fn get_signature(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     Path(epoch): Path<u64>,
 ) -> Response {
     if let Some(r) = rate_limited(&shared, from) {
@@ -262,7 +264,7 @@ async fn get_signature(
 
 async fn get_status(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
 ) -> Response {
     if let Some(r) = rate_limited(&shared, from) {
         return r;
@@ -471,11 +473,13 @@ pub fn spawn(
                         .await;
                     }
                 });
-                let app =
-                    router(shared, max_body).into_make_service_with_connect_info::<SocketAddr>();
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                });
+                // every connection lives CONNECTION_LIFETIME at most: slow or idle clients
+                // cannot hold the server's connections
+                let app = router(shared, max_body).into_make_service_with_connect_info::<Peer>();
+                let serve =
+                    axum::serve(TimedListener(listener), app).with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    });
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "server");
                 }
