@@ -92,6 +92,8 @@ const AHEAD_LEAD: u64 = 30;
 /// How long a node that left keeps forwarding after the consensus no longer lists it: the
 /// engines' grace for the previous epoch's key.
 const LEAVE_GRACE_SECONDS: u64 = 30;
+/// [`LEAVE_GRACE_SECONDS`] as a duration, for [`crate::Node::leave`].
+pub(crate) const LEAVE_GRACE: Duration = Duration::from_secs(LEAVE_GRACE_SECONDS);
 
 /// Shortest and longest wait after a failed request to the authorities; before the epoch
 /// length is known the longest is [`BACKOFF_UNKNOWN`], after it a tenth of an epoch (so a

@@ -399,7 +399,8 @@ impl Node {
 
     /// Leaves the network gracefully (what SIGTERM does, before [`Self::stop`]): withdraws
     /// from the next consensus and keeps forwarding for the others until a consensus without
-    /// this node is installed (or `timeout` passes). Returns whether it got out in time.
+    /// this node is installed, and through the previous key's grace (30 s) after, within
+    /// `timeout` in all. Returns whether it got out of the consensus in time.
     pub fn leave(&self, timeout: Duration) -> bool {
         self.presence.bound.store(false, Ordering::Relaxed);
         let deadline = self.clock.now().saturating_add(timeout);
@@ -407,6 +408,14 @@ impl Node {
         while !out && self.clock.now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
             out = !self.is_listed();
+        }
+        // packets built under the consensus that listed it are still on their way: keep
+        // forwarding through the previous key's grace (within the timeout)
+        if out {
+            let grace = self.clock.now().saturating_add(crate::control::LEAVE_GRACE);
+            while self.clock.now() < grace.min(deadline) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         out
     }

@@ -324,3 +324,50 @@ fn a_node_offered_twice_its_rate_keeps_its_rate_and_its_memory() {
         lab.fds(proc0)
     );
 }
+
+#[test]
+fn sigterm_takes_a_node_out_of_the_consensus_before_it_exits() {
+    let Some(mut lab) = Lab::new(&[Family::Dual; 7], 6) else {
+        return;
+    };
+    lab.leave_seconds = 120;
+    lab.start_authorities(&[0, 1, 2]);
+    for h in 3..7 {
+        lab.start_node(h, 40.0, None);
+    }
+    lab.wait_ready(Duration::from_secs(48));
+    let leaving = lab.nodes[3].proc;
+    lab.terminate(leaving);
+    // the others install a consensus without it while it still runs (and forwards)
+    let deadline = Instant::now() + Duration::from_secs(4 * lab.epoch_seconds);
+    while (0..3).any(|k| lab.metric(k, "mixed_consensus_nodes") != 3.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the leaving node stayed listed\n{}",
+            lab.logs()
+        );
+        assert!(
+            lab.exited(leaving).is_none(),
+            "it exited while still listed\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out_at = Instant::now();
+    // then it exits by itself, cleanly, after the previous key's grace (30 s: packets built
+    // under the consensus that listed it still arrive), long before --leave-seconds
+    let deadline = Instant::now() + Duration::from_secs(2 * lab.epoch_seconds + 40);
+    let status = loop {
+        if let Some(s) = lab.exited(leaving) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "it did not exit\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{status:?}\n{}", lab.log(leaving));
+    let stayed = out_at.elapsed();
+    assert!(
+        stayed >= Duration::from_secs(20),
+        "it left {stayed:?} after the others dropped it"
+    );
+}

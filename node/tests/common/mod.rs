@@ -130,6 +130,8 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     pub params: pki_client::NetworkParams,
     pub epoch_seconds: u64,
+    /// `--leave-seconds` of the nodes started from now on (0: a signal stops at once).
+    pub leave_seconds: u64,
     relays: Vec<Arc<AtomicBool>>,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
@@ -213,6 +215,7 @@ impl Lab {
                 genesis_unix: 0,
             },
             epoch_seconds,
+            leave_seconds: 0,
             relays: Vec::new(),
             _serial: serial,
         };
@@ -293,6 +296,20 @@ impl Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends SIGTERM to process `i` (a node leaves, an authority stops).
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(pid) = self.pid(i) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Whether process `i` has exited, and how.
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.procs[i].child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// The pid of process `i`, while it runs.
@@ -483,7 +500,7 @@ impl Lab {
             vec![
                 "node".into(),
                 "--leave-seconds".into(),
-                "0".into(),
+                self.leave_seconds.to_string(),
                 "--config".into(),
                 path.display().to_string(),
             ],
