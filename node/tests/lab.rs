@@ -371,3 +371,45 @@ fn sigterm_takes_a_node_out_of_the_consensus_before_it_exits() {
         "it left {stayed:?} after the others dropped it"
     );
 }
+
+#[test]
+fn messages_reach_a_node_behind_a_lossy_slow_link() {
+    let Some(mut lab) = Lab::new(&[Family::Dual; 8], 6) else {
+        return;
+    };
+    lab.start_authorities(&[0, 1, 2]);
+    for h in 3..7 {
+        lab.start_node(h, 40.0, None);
+    }
+    // node 4 is reached only through the relay: 10% lost, 30 ms late
+    let behind = lab.hosts[7].reach(4000);
+    let relay = lab.relay(behind, 0.10, Duration::from_millis(30));
+    lab.start_node(7, 40.0, Some(vec![relay]));
+    lab.wait_ready(Duration::from_secs(48));
+    let mut clients = clients(&lab);
+    let mut want: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+    for k in 0..8 {
+        let from = k % 4;
+        let text = format!("through the lossy link {k}").into_bytes();
+        clients[from]
+            .send(lab.nodes[4].node_id, &text, options())
+            .unwrap();
+        want.entry(4).or_default().push(text);
+    }
+    expect_all(&mut clients, want, Duration::from_secs(40), &lab);
+    // the loss is real: loops through node 4 are lost (a loop counts as lost after 10 s)
+    let lost = || -> f64 {
+        (0..4)
+            .map(|k| lab.metric(k, "mixed_loops_total{outcome=\"lost\"}"))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lost() == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no loop was lost through a link losing 10%\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
