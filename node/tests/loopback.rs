@@ -339,7 +339,7 @@ fn ipv4_ipv6_and_dual_stack_nodes_make_one_network() {
     for (i, node) in net.nodes.iter().enumerate() {
         let c = node.counters();
         assert!(
-            c.received > 100,
+            c.received > 30,
             "node {i} ({}) hears little: {c:?}",
             node.addr()
         );
