@@ -48,11 +48,15 @@ pub enum DropReason {
     /// The next hop is in the consensus but has no address in a family this node sends on
     /// (an IPv4-only node asked to forward to an IPv6-only one).
     UnreachableNextHop,
+    /// The next hop is this node itself: no path this software draws does that (a node
+    /// never sends to itself: on a real interface such a datagram never leaves the host,
+    /// and the hole it leaves in the wire's count shows).
+    SelfAddressed,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::WrongSize,
         DropReason::HeaderMac,
         DropReason::LowOrderAlpha,
@@ -73,6 +77,7 @@ impl DropReason {
         DropReason::EventQueueFull,
         DropReason::NoKey,
         DropReason::UnreachableNextHop,
+        DropReason::SelfAddressed,
     ];
 
     /// The metric label.
@@ -98,6 +103,7 @@ impl DropReason {
             DropReason::EventQueueFull => "event_queue_full",
             DropReason::NoKey => "no_key",
             DropReason::UnreachableNextHop => "unreachable_next_hop",
+            DropReason::SelfAddressed => "self_addressed",
         }
     }
 
@@ -156,6 +162,9 @@ pub struct Counters {
     pub loops_returned: u64,
     /// Loops given up on.
     pub loops_lost: u64,
+    /// Loops left out, drop cover sent in their slot, because a delivery to this node came
+    /// back in their place (incoming-volume shaping).
+    pub loops_shaped: u64,
     /// Messages delivered to the layer above.
     pub delivered: u64,
     drops: [u64; DropReason::ALL.len()],
@@ -212,6 +221,7 @@ impl Counters {
         self.cover_received += other.cover_received;
         self.loops_returned += other.loops_returned;
         self.loops_lost += other.loops_lost;
+        self.loops_shaped += other.loops_shaped;
         self.delivered += other.delivered;
         self.sealed += other.sealed;
         for (a, b) in self.drops.iter_mut().zip(other.drops) {

@@ -29,4 +29,8 @@ pub enum SendError {
     /// A packet of the wrong size.
     #[error("packet of the wrong size")]
     WrongSize,
+    /// The packet's first hop is this node (a SURB drawn without knowing its user): a node
+    /// never sends to itself.
+    #[error("the packet's first hop is this node itself")]
+    SelfAddressed,
 }

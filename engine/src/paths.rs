@@ -246,67 +246,92 @@ impl Paths {
         self.me.id.0
     }
 
+    #[allow(clippy::too_many_arguments)] // the parts of draw_route this node fixes
     fn middle<R: CryptoRng + ?Sized>(
         &self,
-        count: usize,
-        exclude: &[[u8; 32]],
+        mixes: usize,
+        emitter: Option<&[u8; 32]>,
+        destination: &[u8; 32],
         ends: (Families, Families),
         rng: &mut R,
         route: &mut [Hop; sphinx::MAX_HOPS],
         delays: &mut [Delay; sphinx::MAX_HOPS],
-    ) -> Result<(), SendError> {
+    ) -> Result<usize, SendError> {
         draw_route(
             &self.consensus,
             &self.delays,
-            exclude,
+            emitter,
+            Some(destination),
+            mixes,
             ends,
             |id| self.reliability.get(id).copied().unwrap_or(1.0),
             rng,
-            &mut route[..count],
-            &mut delays[..count],
+            route,
+            delays,
         )
     }
 }
 
-/// Draws `route.len()` distinct mixes of `consensus` by bandwidth times `weight` (Algorithm
-/// 1), none of `exclude`, into `route`, with an exponential delay of mean 1/mu for each into
-/// `delays` (as many as it holds). `ends` are the families of whoever sends to the first
-/// mix and of whatever the last mix sends to: every consecutive pair shares a family
-/// (drawn again until one does: the draw conditioned on a path that can be walked). The
-/// one place every path is drawn: messages, SURBs, loops and cover.
+/// The one place every path is drawn: messages, SURBs, loops and cover. Draws `mixes`
+/// mixes into `route` (and an exponential delay of mean 1/mu for each into `delays`) for a
+/// packet that `emitter` sends first and that ends at `destination`; returns how many it
+/// drew: `mixes`, or one more (below).
+///
+/// **Every hop is drawn by one law, whatever the packet is and whoever it is for**
+/// (docs/privacy.md): the next hop of a packet is any mix but the node that sends it there.
+/// The first hop is drawn by bandwidth alone, so that everything a node emits (its own
+/// packets, loops, cover, replies through SURBs) leaves by one public law; the later ones
+/// by bandwidth times `weight` (Algorithm 1's reliability, as the path's builder measured
+/// it). In particular neither the destination nor the emitter is kept out of a path:
+/// excluding the destination from the first hop made a node's own packets avoid the node
+/// it talks to, and excluding the sender from the later hops made the network send less to
+/// a node while it sends; a watcher of link counts saw both (issue 12). Two rules keep any
+/// node from being asked to send to itself: a hop is never the one before it, and the last
+/// mix is never the destination; when the first hop is the destination of a path of one
+/// mix, one more mix is drawn after it.
+///
+/// `ends` are the families of the emitter and of the destination: every consecutive pair
+/// shares a family (the mixes after the first are drawn again until they do: the draw
+/// conditioned on a path that can be walked; the first hop is conditioned only on the
+/// emitter's families, and, for a path of one mix, on the destination's). `emitter` is
+/// `None` for a SURB whose user is unknown (then the first hop may be that user, who
+/// refuses to send to itself).
 #[allow(clippy::too_many_arguments)] // each caller names every part of the draw
 pub(crate) fn draw_route<R: CryptoRng + ?Sized>(
     consensus: &VerifiedConsensus,
     mean_delay: &ExpDelay,
-    exclude: &[[u8; 32]],
+    emitter: Option<&[u8; 32]>,
+    destination: Option<&[u8; 32]>,
+    mixes: usize,
     ends: (Families, Families),
     weight: impl Fn(&[u8; 32]) -> f64,
     rng: &mut R,
-    route: &mut [Hop],
-    delays: &mut [Delay],
-) -> Result<(), SendError> {
-    let count = route.len();
-    let mut idx = [0usize; sphinx::MAX_HOPS];
-    if count > idx.len() {
+    route: &mut [Hop; sphinx::MAX_HOPS],
+    delays: &mut [Delay; sphinx::MAX_HOPS],
+) -> Result<usize, SendError> {
+    if mixes == 0 {
+        return Ok(0);
+    }
+    if mixes > sphinx::MAX_HOPS - 1 {
         return Err(SendError::NoPath);
     }
     let nodes = consensus.nodes();
-    let walkable = |idx: &[usize]| {
-        let mut at = ends.0;
-        for &n in idx {
-            let f = Families::of_all(&nodes[n].addresses);
-            if !at.meet(f) {
-                return false;
-            }
-            at = f;
-        }
-        at.meet(ends.1)
-    };
+    let families = |n: usize| Families::of_all(&nodes[n].addresses);
+    let is_destination = |n: usize| destination == Some(&nodes[n].id());
+    // the first hop: by bandwidth, any mix but the emitter that it can reach
+    let mut idx = [0usize; sphinx::MAX_HOPS];
     let mut found = false;
+    let not_emitter: &[[u8; 32]] = match emitter {
+        Some(e) => core::slice::from_ref(e),
+        None => &[],
+    };
     for _ in 0..ROUTE_TRIES {
-        pki_client::select_hops(consensus, count, exclude, &weight, rng, &mut idx[..count])
+        pki_client::select_hops(consensus, 1, not_emitter, |_| 1.0, rng, &mut idx[..1])
             .map_err(|_| SendError::NoPath)?;
-        if walkable(&idx[..count]) {
+        let f = families(idx[0]);
+        // a lone mix that is the destination gets a second mix after it
+        let reaches_end = mixes > 1 || is_destination(idx[0]) || f.meet(ends.1);
+        if ends.0.meet(f) && reaches_end {
             found = true;
             break;
         }
@@ -314,17 +339,56 @@ pub(crate) fn draw_route<R: CryptoRng + ?Sized>(
     if !found {
         return Err(SendError::NoPath);
     }
+    let count = if mixes == 1 && is_destination(idx[0]) {
+        2
+    } else {
+        mixes
+    };
+    // the rest: each any mix but the one before it (and the last not the destination), by
+    // bandwidth times the weight, drawn again until the path can be walked
+    if count > 1 {
+        let mut found = false;
+        'tries: for _ in 0..ROUTE_TRIES {
+            for i in 1..count {
+                let mut exclude = [nodes[idx[i - 1]].id(); 2];
+                let excluded = match destination {
+                    Some(d) if i == count - 1 => {
+                        exclude[1] = *d;
+                        2
+                    }
+                    _ => 1,
+                };
+                pki_client::select_hops(
+                    consensus,
+                    1,
+                    &exclude[..excluded],
+                    &weight,
+                    rng,
+                    &mut idx[i..i + 1],
+                )
+                .map_err(|_| SendError::NoPath)?;
+                if !families(idx[i - 1]).meet(families(idx[i])) {
+                    continue 'tries;
+                }
+            }
+            if families(idx[count - 1]).meet(ends.1) {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(SendError::NoPath);
+        }
+    }
     for (i, &n) in idx[..count].iter().enumerate() {
-        let node = &consensus.nodes()[n];
+        let node = &nodes[n];
         route[i] = Hop {
             id: NodeId(node.id()),
             key: MixPublicKey(node.mix_key),
         };
-        if let Some(d) = delays.get_mut(i) {
-            *d = Delay::from_nanos(mean_delay.sample(rng).as_nanos() as u64);
-        }
+        delays[i] = Delay::from_nanos(mean_delay.sample(rng).as_nanos() as u64);
     }
-    Ok(())
+    Ok(count)
 }
 
 impl Paths {
@@ -354,18 +418,19 @@ impl Paths {
         let mut route = [last; sphinx::MAX_HOPS];
         let mut delays = [Delay::default(); sphinx::MAX_HOPS];
         let to = Families::of_all(&dest.addresses);
-        self.middle(
+        let mixes = self.middle(
             hops - 1,
-            &[self.node_id, *destination],
+            Some(&self.node_id),
+            destination,
             (self.families, to),
             rng,
             &mut route,
             &mut delays,
         )?;
-        route[hops - 1] = last;
+        route[mixes] = last;
         sphinx::build_packet(
-            &route[..hops],
-            &delays[..hops - 1],
+            &route[..mixes + 1],
+            &delays[..mixes],
             &Destination {
                 address: *destination,
                 identifier,
@@ -409,8 +474,9 @@ impl Paths {
             address: [0; 32],
             identifier: [0; 16],
         }; FORWARD_BATCH];
-        // which items got a route, in order
+        // which items got a route, in order, and how many mixes each
         let mut routed = [0usize; FORWARD_BATCH];
+        let mut lengths = [0usize; FORWARD_BATCH];
         let mut m = 0;
         for (i, item) in items[..n].iter().enumerate() {
             results[i] = (|| {
@@ -425,15 +491,17 @@ impl Paths {
                     id: NodeId(item.destination),
                     key: MixPublicKey(dest.mix_key),
                 };
-                self.middle(
+                let mixes = self.middle(
                     item.hops - 1,
-                    &[self.node_id, item.destination],
+                    Some(&self.node_id),
+                    &item.destination,
                     (self.families, Families::of_all(&dest.addresses)),
                     rng,
                     &mut routes[m],
                     &mut delays[m],
                 )?;
-                routes[m][item.hops - 1] = last;
+                routes[m][mixes] = last;
+                lengths[m] = mixes + 1;
                 destinations[m] = Destination {
                     address: item.destination,
                     identifier: item.identifier,
@@ -447,7 +515,7 @@ impl Paths {
         }
         let requests: [PacketRequest<'_>; FORWARD_BATCH] = core::array::from_fn(|j| {
             let item = &items[routed[j].min(n.saturating_sub(1))];
-            let hops = if j < m { item.hops } else { 1 };
+            let hops = if j < m { lengths[j] } else { 1 };
             PacketRequest {
                 route: &routes[j][..hops],
                 delays: &delays[j][..hops - 1],
@@ -475,17 +543,21 @@ impl Paths {
     /// A SURB for a reply to this node through `hops - 1` mixes, and what this node keeps to
     /// read the reply. The reply arrives as [`crate::Event::Sealed`] with the recovery's
     /// identifier (random, never zero). Any node that shares a family with the first mix
-    /// can use it: [`Self::surb_from`] when the replier is known.
+    /// can use it: [`Self::surb_from`] when the replier is known, which this is not: the
+    /// first mix may then be the replier itself, who cannot use the SURB (a node never
+    /// sends to itself), so prefer [`Self::surb_from`].
     pub fn surb<R: CryptoRng + ?Sized>(
         &self,
         hops: usize,
         rng: &mut R,
     ) -> Result<(Surb, SurbRecovery), SendError> {
-        self.surb_with(hops, Families::BOTH, rng)
+        self.surb_with(hops, None, Families::BOTH, rng)
     }
 
     /// [`Self::surb`] for a reply from `replier` (a node of the consensus): its first mix
-    /// is one the replier can reach.
+    /// is drawn as the replier draws the first hop of everything it sends (by bandwidth,
+    /// never the replier itself, possibly this node), so that replying does not change the
+    /// replier's next hops; it is one the replier can reach.
     pub fn surb_from<R: CryptoRng + ?Sized>(
         &self,
         replier: &[u8; 32],
@@ -498,12 +570,13 @@ impl Paths {
         } else {
             from
         };
-        self.surb_with(hops, from, rng)
+        self.surb_with(hops, Some(replier), from, rng)
     }
 
     fn surb_with<R: CryptoRng + ?Sized>(
         &self,
         hops: usize,
+        replier: Option<&[u8; 32]>,
         from: Families,
         rng: &mut R,
     ) -> Result<(Surb, SurbRecovery), SendError> {
@@ -515,22 +588,25 @@ impl Paths {
         }
         let mut route = [self.me; sphinx::MAX_HOPS];
         let mut delays = [Delay::default(); sphinx::MAX_HOPS];
-        self.middle(
+        // the replier sends to the first mix: drawn as the replier draws every first hop,
+        // this node (the SURB's destination) included
+        let mixes = self.middle(
             hops - 1,
-            &[self.node_id],
+            replier,
+            &self.node_id,
             (from, self.families),
             rng,
             &mut route,
             &mut delays,
         )?;
-        route[hops - 1] = self.me;
+        route[mixes] = self.me;
         let mut identifier = [0u8; 16];
         while identifier == [0u8; 16] {
             rng.fill_bytes(&mut identifier);
         }
         Surb::new(
-            &route[..hops],
-            &delays[..hops - 1],
+            &route[..mixes + 1],
+            &delays[..mixes],
             &Destination {
                 address: self.node_id,
                 identifier,
@@ -552,6 +628,122 @@ impl Paths {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pki_client::{
+        AuthoritySet, Consensus, IdentitySecret, MixKeys, NodeDescriptor, Roles, SignedConsensus,
+        UnverifiedConsensus, Vote,
+    };
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    /// A verified consensus of `n` mixes of equal bandwidth, all on IPv4.
+    fn consensus(n: usize, rng: &mut ChaCha20Rng) -> VerifiedConsensus {
+        let authority = IdentitySecret::generate(rng);
+        let mut descriptors = Vec::new();
+        for i in 0..n {
+            let identity = IdentitySecret::generate(rng);
+            let d = NodeDescriptor {
+                identity: identity.public(),
+                sequence: 1,
+                addresses: vec![SocketAddr::from(([10, 0, 0, i as u8 + 1], 4000))],
+                bandwidth: 100,
+                roles: Roles {
+                    mix: true,
+                    services: vec![],
+                },
+                mix_keys: MixKeys {
+                    first_epoch: 0,
+                    keys: vec![
+                        crypto_simd::sphinx::MixSecretKey::generate(rng)
+                            .public_key()
+                            .0,
+                    ],
+                },
+            };
+            descriptors.push(d.sign(&identity).unwrap());
+        }
+        let params = NetworkParams {
+            packet_size: 1452,
+            hops: 3,
+            rho_permille: 1500,
+            mean_delay_micros: 1000,
+            loops: 2,
+            loop_rate_millis: 5000,
+            epoch_seconds: 1 << 30,
+            genesis_unix: 0,
+        };
+        let vote = Vote {
+            authority: authority.public(),
+            epoch: 0,
+            descriptors,
+        };
+        let c = Consensus::compute(0, params, &[&vote], 1);
+        let signed = SignedConsensus::new(&c, vec![c.sign(&authority)]);
+        UnverifiedConsensus::new(signed)
+            .check_signatures(&AuthoritySet::including(authority.public(), []))
+            .and_then(|u| u.check_valid_at(c.valid_after, 0))
+            .unwrap()
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn every_first_hop_follows_one_law_and_no_node_sends_to_itself() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let n = 6;
+        let c = consensus(n, &mut rng);
+        let ids: Vec<[u8; 32]> = c.nodes().iter().map(|d| d.id()).collect();
+        let (x, r) = (ids[0], ids[3]);
+        let delays = ExpDelay::ZERO;
+        let mut route = [Hop {
+            id: NodeId([0; 32]),
+            key: MixPublicKey([9; 32]),
+        }; sphinx::MAX_HOPS];
+        let mut d = [Delay::default(); sphinx::MAX_HOPS];
+        let draws = 30_000;
+        // X's own packets to R (one and two mixes), X's loops, X's cover, and SURBs R makes
+        // for X's replies: the first hop is every node but X alike, R included
+        for (destination, mixes) in [(Some(r), 2), (Some(r), 1), (Some(x), 3), (None, 1)] {
+            let mut first = vec![0u32; n];
+            for _ in 0..draws {
+                let count = draw_route(
+                    &c,
+                    &delays,
+                    Some(&x),
+                    destination.as_ref(),
+                    mixes,
+                    (Families::BOTH, Families::BOTH),
+                    |_| 1.0,
+                    &mut rng,
+                    &mut route,
+                    &mut d,
+                )
+                .unwrap();
+                let hops: Vec<[u8; 32]> = route[..count].iter().map(|h| h.id.0).collect();
+                first[ids.iter().position(|i| *i == hops[0]).unwrap()] += 1;
+                assert_ne!(hops[0], x, "the first hop is never the emitter");
+                for w in hops.windows(2) {
+                    assert_ne!(w[0], w[1], "a hop is never the one before it");
+                }
+                if let Some(dest) = destination {
+                    assert_ne!(
+                        hops[count - 1],
+                        dest,
+                        "the last mix is never the destination"
+                    );
+                }
+                let extended = mixes == 1 && destination == Some(hops[0]);
+                assert_eq!(count, mixes + usize::from(extended));
+            }
+            assert_eq!(first[0], 0);
+            let expected = f64::from(draws) / (n - 1) as f64;
+            for (i, &f) in first.iter().enumerate().skip(1) {
+                // 5 standard deviations of a binomial of p = 1/5
+                assert!(
+                    (f64::from(f) - expected).abs() < 5.0 * (expected * 0.8).sqrt(),
+                    "{destination:?} {mixes}: node {i} first {f} times of {draws}, expected {expected}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn direct_ids_round_trip_and_ordinary_ids_are_not_direct() {

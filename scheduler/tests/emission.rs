@@ -190,10 +190,12 @@ fn own_data_keeps_to_rho_b_over_h_over_every_window_of_a_second_or_more() {
             s[j]
         );
     }
-    // the limit is used, not merely respected: at least 90% of r with forwards at three
-    // times their budget taking their share first
+    // the limit is used, not merely respected (issue 12): at least 95% of r with forwards
+    // at three times their budget taking their share first, which leaves own data r free
+    // slots a second on average and no more
     let rate = s.len() as f64 / s[s.len() - 1];
-    assert!(rate > 0.9 * r && rate <= r, "own rate {rate} for r = {r}");
+    eprintln!("own rate {rate:.1} of r = {r} ({:.1}%)", rate / r * 100.0);
+    assert!(rate >= 0.95 * r && rate <= r, "own rate {rate} for r = {r}");
 }
 
 #[test]

@@ -66,6 +66,8 @@ pub struct LinkStats {
     pub replayed: u64,
     /// Tampered with.
     pub tampered: u64,
+    /// Dropped by an attacker's cut ([`Sim::cut`]).
+    pub cut: u64,
 }
 
 /// A datagram on a link: arrival time, sequence (ties keep sending order), destination
@@ -119,6 +121,13 @@ pub struct Sim<U: Upper> {
     seq: u64,
     buf: Vec<u8>,
     down: Vec<bool>,
+    /// Datagrams sent, by (sender, receiver), as a watcher of every link counts them:
+    /// `flows[from * n + to]`. A datagram to an address outside the network counts in
+    /// [`Sim::strays`].
+    flows: Vec<u64>,
+    strays: u64,
+    /// For each node cut off by an attacker: the one node whose datagrams still reach it.
+    cut: Vec<Option<Option<usize>>>,
 }
 
 /// Network parameters for simulations: 1,452-byte packets, `hops` hops, rho = 1.5, mean
@@ -300,6 +309,9 @@ impl<U: Upper> Sim<U> {
             seq: 0,
             buf: vec![0u8; 65_536],
             down: vec![false; n],
+            flows: vec![0; n * n],
+            strays: 0,
+            cut: vec![None; n],
         }
     }
 
@@ -326,6 +338,32 @@ impl<U: Upper> Sim<U> {
         }
     }
 
+    /// Datagrams node `from` has sent to node `to` so far, as a watcher of the links sees
+    /// them (whatever the link then does to them).
+    pub fn flow(&self, from: usize, to: usize) -> u64 {
+        let n = self.nodes.len();
+        self.flows.get(from * n + to).copied().unwrap_or(0)
+    }
+
+    /// Every flow so far: `flows()[from * n + to]`.
+    pub fn flows(&self) -> &[u64] {
+        &self.flows
+    }
+
+    /// Datagrams sent to addresses outside the network.
+    pub fn strays(&self) -> u64 {
+        self.strays
+    }
+
+    /// An (n-1) attacker around node `i` (section 5.0.2): while set, every datagram to `i`
+    /// is dropped but those from `except` (the attacker's own node, whose packets it lets
+    /// through to watch them come out); `None` lifts the cut.
+    pub fn cut(&mut self, i: usize, cut: Option<Option<usize>>) {
+        if let Some(c) = self.cut.get_mut(i) {
+            *c = cut;
+        }
+    }
+
     fn uniform(&mut self) -> f64 {
         (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
@@ -335,9 +373,17 @@ impl<U: Upper> Sim<U> {
         self.in_flight.push(Reverse((at, self.seq, to, bytes)));
     }
 
-    /// Puts a datagram on the link to `to`, as the link model says.
-    fn transmit(&mut self, to: usize, mut bytes: Vec<u8>) {
+    /// Puts a datagram from `from` on the link to `to`, as the link model says.
+    fn transmit(&mut self, from: usize, to: usize, mut bytes: Vec<u8>) {
         self.stats.sent += 1;
+        let n = self.nodes.len();
+        self.flows[from * n + to] += 1;
+        if let Some(except) = self.cut[to]
+            && except != Some(from)
+        {
+            self.stats.cut += 1;
+            return;
+        }
         if self.down[to] {
             self.stats.lost += 1;
             return;
@@ -447,9 +493,10 @@ impl<U: Upper> Sim<U> {
                 node.events.push((now, e));
             }
         }
-        for (_, to, bytes) in out {
-            if let Some(&j) = self.by_addr.get(&to) {
-                self.transmit(j, bytes);
+        for (i, to, bytes) in out {
+            match self.by_addr.get(&to) {
+                Some(&j) => self.transmit(i, j, bytes),
+                None => self.strays += 1,
             }
         }
     }

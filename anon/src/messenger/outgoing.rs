@@ -449,7 +449,7 @@ impl Messenger {
             let expires = now.saturating_add(timeout_base * 2);
             for _ in 0..NACK_SURBS.min(fits) {
                 let (s, r) = paths
-                    .surb(o.hops, &mut self.rng)
+                    .surb_from(&destination, o.hops, &mut self.rng)
                     .map_err(MessageError::Path)?;
                 if self.surbs.insert(r, Purpose::Nack(o.id), expires) {
                     self.counters.surbs_evicted += 1;

@@ -62,6 +62,9 @@ impl Engine {
     }
 
     pub(super) fn fill_slot(&mut self, now: Timestamp, slot: Timestamp, emission: Emission<u32>) {
+        if let Emission::ScheduledLoop = emission {
+            self.loop_slots += 1;
+        }
         let queued = match emission {
             Emission::Own => self.own.pop_front(),
             Emission::Forward(buf) => self.next_hop[buf as usize].take().map(|to| Queued {
@@ -74,6 +77,17 @@ impl Engine {
                 if self.cover.is_empty() {
                     self.build_cover(LOOP_STOCK);
                 }
+                self.cover.pop_front()
+            }
+            // a delivery came back in this loop's place: drop cover instead (the same first
+            // hop law), so the node's incoming volume does not rise with what it receives
+            Emission::ScheduledLoop
+                if self.shaping_credit > 0
+                    && !self.cover.is_empty()
+                    && !self.loop_slots.is_multiple_of(super::KEEP_LOOP_EVERY) =>
+            {
+                self.shaping_credit -= 1;
+                self.counters.loops_shaped += 1;
                 self.cover.pop_front()
             }
             Emission::ScheduledLoop => {

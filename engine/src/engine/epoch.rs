@@ -162,6 +162,12 @@ impl Engine {
             })
     }
 
+    /// Whether `hop` names this node: its node ID, or a direct ID with its address.
+    pub(super) fn is_me(&self, hop: &[u8; 32]) -> bool {
+        *hop == self.config.node_id
+            || crate::paths::parse_direct_id(hop).is_some_and(|a| Some(a) == self.config.address)
+    }
+
     /// Nodes of the installed consensus with no address in a family this node sends on:
     /// paths drawn here avoid them, but others' packets may still name them as next hop.
     pub fn unreachable_nodes(&self) -> usize {

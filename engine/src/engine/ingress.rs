@@ -126,6 +126,9 @@ impl Engine {
                 if delay.as_duration() > self.config.max_delay {
                     return self.counters.drop(DropReason::DelayTooLong);
                 }
+                if self.is_me(&next_hop.0) {
+                    return self.counters.drop(DropReason::SelfAddressed);
+                }
                 let Some(to) = self.address_of(&next_hop.0) else {
                     let listed = self
                         .current
@@ -160,6 +163,7 @@ impl Engine {
                     if destination.identifier == COVER_IDENTIFIER {
                         return self.counters.drop(DropReason::CorruptPayload);
                     }
+                    self.delivery_arrived();
                     if self.events.len() >= MAX_EVENTS {
                         return self.counters.drop(DropReason::EventQueueFull);
                     }
@@ -178,6 +182,7 @@ impl Engine {
                     self.counters.loops_returned += 1;
                     return;
                 }
+                self.delivery_arrived();
                 if self.events.len() >= MAX_EVENTS {
                     return self.counters.drop(DropReason::EventQueueFull);
                 }
@@ -187,6 +192,14 @@ impl Engine {
                     payload: plaintext.to_vec(),
                 });
             }
+        }
+    }
+
+    /// A packet for this node that is neither a loop of its own nor cover: with shaping on,
+    /// it will take the place of one of the next loops.
+    fn delivery_arrived(&mut self) {
+        if self.config.shape_incoming {
+            self.shaping_credit = (self.shaping_credit + 1).min(super::MAX_SHAPING_CREDIT);
         }
     }
 }

@@ -90,6 +90,11 @@ pub struct EngineConfig {
     /// The address families this node's socket sends on: a next hop is reached at its
     /// first address of one of them, and every path drawn here is walkable hop to hop.
     pub families: crate::paths::Families,
+    /// Incoming-volume shaping (docs/privacy.md): each packet delivered to this node (a
+    /// message, a reply, an ACK) takes the place of one of its next loops, which goes out
+    /// as drop cover instead, so that what comes back to the node stays at the loop rate
+    /// L * b_loop whether it receives or not, as long as deliveries stay below that rate.
+    pub shape_incoming: bool,
 }
 
 impl EngineConfig {
@@ -112,6 +117,7 @@ impl EngineConfig {
             address: None,
             direct_delivery: true,
             families: crate::paths::Families::BOTH,
+            shape_incoming: true,
         }
     }
 }
@@ -211,9 +217,24 @@ pub struct Engine {
     stock: VecDeque<StockedLoop>,
     cover: VecDeque<Queued>,
     loops: LoopTracker,
+    /// Deliveries not yet paid for by a loop left out (incoming-volume shaping), at most
+    /// [`MAX_SHAPING_CREDIT`].
+    shaping_credit: u32,
+    /// Scheduled-loop slots so far.
+    loop_slots: u64,
     events: VecDeque<Event>,
     counters: Counters,
 }
+
+/// Deliveries that can wait for a loop to leave out in their place: past that, while
+/// deliveries outrun the loop rate, the node's incoming volume rises with them (and it does
+/// not fall below the usual after the burst for more than this many loops).
+pub const MAX_SHAPING_CREDIT: u32 = 64;
+
+/// One scheduled loop in this many always goes out as a loop, shaping or not, so that the
+/// loops keep measuring the network (and the (n-1) alarm keeps watching) while the node
+/// receives: shaping hides deliveries up to (1 - 1/4) L * b_loop a second.
+pub const KEEP_LOOP_EVERY: u64 = 4;
 
 /// Most events waiting for the layer above.
 const MAX_EVENTS: usize = 4096;
@@ -240,6 +261,8 @@ impl Engine {
             stock: VecDeque::with_capacity(LOOP_STOCK),
             cover: VecDeque::with_capacity(COVER_STOCK),
             loops: LoopTracker::new(config.max_loops),
+            shaping_credit: 0,
+            loop_slots: 0,
             events: VecDeque::new(),
             counters: Counters::default(),
             config,

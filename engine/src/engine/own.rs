@@ -34,20 +34,22 @@ impl Engine {
             key: MixPublicKey(dest.mix_key),
         };
         let mut route = [last; 5];
-        let mut delays = [Delay::default(); 4];
+        let mut delays = [Delay::default(); 5];
         let loops = &self.loops;
         let to = crate::paths::Families::of_all(&dest.addresses);
-        draw_route(
+        let mixes = draw_route(
             &consensus,
             &self.delays,
-            &[self.config.node_id, destination],
+            Some(&self.config.node_id),
+            Some(&destination),
+            hops - 1,
             (self.config.families, to),
             |id| loops.reliability(id),
             &mut self.rng,
-            &mut route[..hops - 1],
-            &mut delays[..hops - 1],
+            &mut route,
+            &mut delays,
         )?;
-        route[hops - 1] = last;
+        route[mixes] = last;
         let mut identifier = [0u8; 16];
         self.rng.fill_bytes(&mut identifier);
         let to = self
@@ -55,8 +57,8 @@ impl Engine {
             .ok_or(SendError::UnknownDestination)?;
         let buf = self.pool.take().ok_or(SendError::PoolFull)?;
         let built = sphinx::build_packet(
-            &route[..hops],
-            &delays[..hops - 1],
+            &route[..mixes + 1],
+            &delays[..mixes],
             &Destination {
                 address: destination,
                 identifier,
@@ -90,6 +92,10 @@ impl Engine {
         if self.own.len() >= self.config.own_queue {
             self.counters.drop(DropReason::OwnQueueFull);
             return Err(SendError::QueueFull);
+        }
+        if self.is_me(first_hop) {
+            self.counters.drop(DropReason::SelfAddressed);
+            return Err(SendError::SelfAddressed);
         }
         let to = self
             .address_of(first_hop)

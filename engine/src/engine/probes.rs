@@ -33,7 +33,7 @@ impl Engine {
         let count = count.min(LOOP_STOCK);
         let mut routes = [[me; 5]; LOOP_STOCK];
         let mut ids = [[[0u8; 32]; 4]; LOOP_STOCK];
-        let mut delays = [[Delay::default(); 4]; LOOP_STOCK];
+        let mut delays = [[Delay::default(); 5]; LOOP_STOCK];
         let mut destinations = [Destination {
             address: self.config.node_id,
             identifier: [0; 16],
@@ -41,17 +41,20 @@ impl Engine {
         let mut built = 0;
         for k in 0..count {
             let loops = &self.loops;
+            // the first hop as for every packet this node emits; the loop comes back here, so
+            // it is never drawn longer than h
             if draw_route(
                 &consensus,
                 &self.delays,
-                &[self.config.node_id],
+                Some(&self.config.node_id),
+                Some(&self.config.node_id),
+                h,
                 (self.config.families, self.config.families),
                 |id| loops.reliability(id),
                 &mut self.rng,
-                &mut routes[k][..h],
-                &mut delays[k][..h],
-            )
-            .is_err()
+                &mut routes[k],
+                &mut delays[k],
+            ) != Ok(h)
             {
                 break;
             }
@@ -98,23 +101,27 @@ impl Engine {
             id: NodeId([0; 32]),
             key: MixPublicKey([9; 32]),
         };
-        let mut routes = [[placeholder]; LOOP_STOCK];
+        let mut routes = [[placeholder; 5]; LOOP_STOCK];
+        let mut delays = [Delay::default(); 5];
         let mut destinations = [Destination {
             address: [0; 32],
             identifier: COVER_IDENTIFIER,
         }; LOOP_STOCK];
         let mut built = 0;
         for k in 0..count {
-            // one hop, no delay: cover is not mixed, only dropped
+            // one hop, no delay: cover is not mixed, only dropped; its hop is drawn as the
+            // first hop of everything this node emits
             if draw_route(
                 &consensus,
                 &ExpDelay::ZERO,
-                &[self.config.node_id],
+                Some(&self.config.node_id),
+                None,
+                1,
                 (self.config.families, Families::BOTH),
                 |_| 1.0,
                 &mut self.rng,
                 &mut routes[k],
-                &mut [],
+                &mut delays,
             )
             .is_err()
             {
@@ -124,7 +131,7 @@ impl Engine {
             built = k + 1;
         }
         let requests: [PacketRequest<'_>; LOOP_STOCK] = core::array::from_fn(|k| PacketRequest {
-            route: &routes[k],
+            route: &routes[k][..1],
             delays: &[],
             destination: &destinations[k],
             message: &[],
