@@ -216,6 +216,11 @@ pub enum Frame {
         /// Why.
         reason: String,
     },
+    /// Node: high-alert mode begins (`raised`) or ends: loops stopped or resumed returning.
+    Alert {
+        /// Begins or ends.
+        raised: bool,
+    },
 }
 
 const T_HELLO: u8 = 0x01;
@@ -230,6 +235,7 @@ const T_MESSAGE: u8 = 0x84;
 const T_ACKED: u8 = 0x85;
 const T_OFFLINE: u8 = 0x86;
 const T_UNDELIVERED: u8 = 0x87;
+const T_ALERT: u8 = 0x88;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -413,6 +419,10 @@ impl Frame {
                 b.extend_from_slice(id);
                 put_bytes32(&mut b, reason.as_bytes());
             }
+            Frame::Alert { raised } => {
+                b.push(T_ALERT);
+                b.push(u8::from(*raised));
+            }
         }
         let len = (b.len() - 4) as u32;
         b[..4].copy_from_slice(&len.to_be_bytes());
@@ -514,6 +524,11 @@ impl Frame {
                 id: c.arr()?,
                 reason: String::from_utf8_lossy(&c.bytes32()?).into_owned(),
             },
+            T_ALERT => match c.u8()? {
+                0 => Frame::Alert { raised: false },
+                1 => Frame::Alert { raised: true },
+                _ => return Err(FrameError::Malformed("alert flag not 0 or 1")),
+            },
             _ => return Err(FrameError::Malformed("unknown frame type")),
         };
         c.end()?;
@@ -540,6 +555,7 @@ impl Frame {
                 id: *id,
                 reason: reason.to_string(),
             },
+            MessengerEvent::Alert { raised } => Frame::Alert { raised: *raised },
         }
     }
 }
@@ -674,6 +690,8 @@ mod tests {
                 id: [6; 16],
                 reason: "no".into(),
             },
+            Frame::Alert { raised: true },
+            Frame::Alert { raised: false },
         ];
         for f in frames {
             let bytes = f.encode();

@@ -52,11 +52,13 @@ pub enum DropReason {
     /// never sends to itself: on a real interface such a datagram never leaves the host,
     /// and the hole it leaves in the wire's count shows).
     SelfAddressed,
+    /// A forward arriving in high-alert mode (loops collapsed: a possible (n-1) attack).
+    HighAlert,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::WrongSize,
         DropReason::HeaderMac,
         DropReason::LowOrderAlpha,
@@ -78,6 +80,7 @@ impl DropReason {
         DropReason::NoKey,
         DropReason::UnreachableNextHop,
         DropReason::SelfAddressed,
+        DropReason::HighAlert,
     ];
 
     /// The metric label.
@@ -104,6 +107,7 @@ impl DropReason {
             DropReason::NoKey => "no_key",
             DropReason::UnreachableNextHop => "unreachable_next_hop",
             DropReason::SelfAddressed => "self_addressed",
+            DropReason::HighAlert => "high_alert",
         }
     }
 

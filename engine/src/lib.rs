@@ -14,6 +14,8 @@ pub mod pool;
 pub mod replay;
 
 pub use counters::{Counters, DropReason, OutCategory};
-pub use engine::{Engine, EngineConfig, EpochKeys, Event, InstallError, SendError, Transmit};
+pub use engine::{
+    AlertPolicy, Engine, EngineConfig, EpochKeys, Event, InstallError, SendError, Transmit,
+};
 pub use paths::{FORWARD_BATCH, Families, ForwardItem, Paths, direct_id, parse_direct_id};
 pub use replay::{ReplayCheck, ReplayFilter, Seen};

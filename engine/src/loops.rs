@@ -16,7 +16,12 @@ const WINDOW: usize = 64;
 /// Weight of one outcome in the usual return rate.
 const USUAL_ALPHA: f64 = 0.01;
 /// The recent return rate below this fraction of the usual one raises the alarm.
-const COLLAPSE_RATIO: f64 = 0.5;
+pub const COLLAPSE_RATIO: f64 = 0.5;
+/// The recent return rate back at this fraction of the usual one clears it (above the
+/// collapse ratio, so that a rate near the threshold does not raise and clear by turns).
+pub const RECOVER_RATIO: f64 = 0.8;
+/// Loop outcomes in the recent window the alarm looks at.
+pub const ALARM_WINDOW: usize = WINDOW;
 /// Nodes whose reliability is tracked, at most: a consensus lists far fewer, and the table
 /// is pruned to the consensus at each epoch. Past it a new node is not tracked (counted)
 /// and weighs 1, as a node never tested.
@@ -27,6 +32,26 @@ struct Pending {
     sent: Timestamp,
     hops: [[u8; 32]; 4],
     hop_count: usize,
+}
+
+/// A change of the (n-1) alarm: the fraction of the last 64 loops that returned, and the
+/// fraction that usually does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Alarm {
+    /// Loops stopped returning.
+    Raised {
+        /// Recent return rate.
+        recent: f64,
+        /// Usual return rate.
+        usual: f64,
+    },
+    /// Loops return again.
+    Cleared {
+        /// Recent return rate.
+        recent: f64,
+        /// Usual return rate.
+        usual: f64,
+    },
 }
 
 /// What became of a loop.
@@ -204,22 +229,29 @@ impl LoopTracker {
             .then(|| self.window.iter().filter(|&&r| r).count() as f64 / WINDOW as f64)
     }
 
-    /// `Some((recent, usual))` when loops stop returning: the recent rate below half the
-    /// usual one. Reported once per collapse; re-armed when returns recover.
-    pub fn collapse(&mut self) -> Option<(f64, f64)> {
+    /// The alarm of section 5.0.2, when it changes: [`Alarm::Raised`] when loops stop
+    /// returning (the recent rate below half the usual one), once per collapse;
+    /// [`Alarm::Cleared`] when the recent rate is back at 80% of the usual one.
+    pub fn alarm(&mut self) -> Option<Alarm> {
         let recent = self.recent()?;
         if self.outcomes < 4 * WINDOW as u64 {
             return None;
         }
-        let collapsed = recent < COLLAPSE_RATIO * self.usual;
-        if collapsed && !self.alarmed {
+        let usual = self.usual;
+        if !self.alarmed && recent < COLLAPSE_RATIO * usual {
             self.alarmed = true;
-            return Some((recent, self.usual));
+            return Some(Alarm::Raised { recent, usual });
         }
-        if !collapsed {
+        if self.alarmed && recent >= RECOVER_RATIO * usual {
             self.alarmed = false;
+            return Some(Alarm::Cleared { recent, usual });
         }
         None
+    }
+
+    /// Whether the alarm is up.
+    pub fn alarmed(&self) -> bool {
+        self.alarmed
     }
 
     /// What became of loop `id`, for tests: whether it is still in flight.
@@ -253,7 +285,7 @@ mod tests {
             assert!(t.returned(&id, now).is_some());
         }
         assert_eq!(t.reliability(&[1u8; 32]), 1.0);
-        assert_eq!(t.collapse(), None);
+        assert_eq!(t.alarm(), None);
         // now nothing returns
         let mut alarms = 0;
         for i in 400..600u32 {
@@ -262,13 +294,31 @@ mod tests {
             t.sent(id, hops, 2, now, timeout);
             now = now.saturating_add(Duration::from_secs(2));
             assert_eq!(t.expire(now), 1);
-            if t.collapse().is_some() {
+            if let Some(a) = t.alarm() {
+                assert!(matches!(a, Alarm::Raised { .. }), "{a:?}");
                 alarms += 1;
             }
         }
         assert_eq!(alarms, 1, "one alarm per collapse");
+        assert!(t.alarmed());
         assert!(t.reliability(&[1u8; 32]) < 0.1);
         assert_eq!(t.reliability(&[9u8; 32]), 1.0);
+        // loops return again: cleared once, when 80% of the usual rate is back
+        let mut cleared = 0;
+        for i in 600..700u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            t.sent(id, hops, 2, now, timeout);
+            assert!(t.returned(&id, now).is_some());
+            if let Some(a) = t.alarm() {
+                assert!(matches!(a, Alarm::Cleared { .. }), "{a:?}");
+                // the usual rate learnt a little of the collapse before the alarm: ~0.7
+                assert!(i >= 600 + 30, "cleared after {} returns", i - 600);
+                cleared += 1;
+            }
+        }
+        assert_eq!(cleared, 1);
+        assert!(!t.alarmed());
     }
 
     #[test]

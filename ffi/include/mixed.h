@@ -65,6 +65,13 @@
 // sent.
 #define MIXED_EVENT_UNDELIVERED 4
 
+// Event kind: high-alert mode begins: the node's loops stopped returning (a possible (n-1)
+// attack); it withdraws from the network and stops forwarding, sending and receiving go on.
+#define MIXED_EVENT_ALERT 5
+
+// Event kind: high-alert mode ends: loops return again.
+#define MIXED_EVENT_ALERT_OVER 6
+
 // A session with a node (opaque).
 //
 // Every call reaches it through a shared reference: the client is behind a lock taken

@@ -69,6 +69,11 @@ pub const MIXED_EVENT_OFFLINE: i32 = 3;
 /// Event kind: the recipient answered but could not decode, or the message could not be
 /// sent.
 pub const MIXED_EVENT_UNDELIVERED: i32 = 4;
+/// Event kind: high-alert mode begins: the node's loops stopped returning (a possible (n-1)
+/// attack); it withdraws from the network and stops forwarding, sending and receiving go on.
+pub const MIXED_EVENT_ALERT: i32 = 5;
+/// Event kind: high-alert mode ends: loops return again.
+pub const MIXED_EVENT_ALERT_OVER: i32 = 6;
 
 /// A session with a node (opaque).
 ///
@@ -463,6 +468,13 @@ fn receive(
                 Frame::Offline { id } => {
                     ev.kind = MIXED_EVENT_OFFLINE;
                     ev.id = *id;
+                }
+                Frame::Alert { raised } => {
+                    ev.kind = if *raised {
+                        MIXED_EVENT_ALERT
+                    } else {
+                        MIXED_EVENT_ALERT_OVER
+                    };
                 }
                 Frame::Undelivered { id, reason: why } => {
                     ev.kind = MIXED_EVENT_UNDELIVERED;

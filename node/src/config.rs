@@ -18,6 +18,7 @@ cores = 1                        # threads, one per core, each with its own sock
 io = "auto"                      # auto | io-uring | portable
 metrics = "127.0.0.1:9100"       # Prometheus text at http://<metrics>/metrics; "off" to disable
 passive = false                  # true: send and receive without registering or forwarding
+on_loop_collapse = "withdraw"    # loops stop returning (an (n-1) attack?): withdraw | report
 api_socket = "api.sock"          # the local API (Unix socket, mode 0600), relative to key_dir; "off" to disable
 
 # each authority's key as `mixed dirauth --print-key --config <its file>` prints it
@@ -42,9 +43,20 @@ struct FileConfig {
     metrics: String,
     #[serde(default)]
     passive: bool,
+    #[serde(default)]
+    on_loop_collapse: OnCollapse,
     #[serde(default = "default_api_socket")]
     api_socket: String,
     authorities: Vec<AuthorityEndpoint>,
+}
+
+/// `on_loop_collapse`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OnCollapse {
+    #[default]
+    Withdraw,
+    Report,
 }
 
 /// `advertise`: one address or a list.
@@ -91,6 +103,8 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// Passive: no registration, no forwarding.
     pub passive: bool,
+    /// What a collapse of loops does (section 5.0.2's high-alert mode, or a warning only).
+    pub on_loop_collapse: engine::AlertPolicy,
     /// Where to serve the local API (a Unix socket, mode 0600), or `None`.
     pub api_socket: Option<PathBuf>,
     /// The directory authorities.
@@ -164,6 +178,10 @@ impl NodeConfig {
             io: file.io,
             metrics,
             passive: file.passive,
+            on_loop_collapse: match file.on_loop_collapse {
+                OnCollapse::Withdraw => engine::AlertPolicy::Withdraw,
+                OnCollapse::Report => engine::AlertPolicy::Report,
+            },
             authorities: file.authorities,
         };
         config.validate()?;

@@ -202,7 +202,8 @@ impl Control {
                     told_epoch
                 }
             };
-            let bound = self.presence.bound.load(Ordering::Relaxed);
+            // high-alert mode (section 5.0.2): out of the consensus until loops return
+            let bound = self.presence.bound.load(Ordering::Relaxed) && !self.metrics.in_alert();
             if let Some(e) = epoch
                 && bound
                 && self.registered_in != Some(e)

@@ -76,8 +76,24 @@ impl Upper for CoreLink {
                     core = self.core,
                     recent,
                     usual,
-                    "loops stopped returning: a possible (n-1) attack around this node"
+                    "loops stopped returning: a possible (n-1) attack around this node; high-alert mode: withdrawing from the consensus and forwarding nothing until they return"
                 );
+                self.metrics.set_alert(true);
+                if let Err(TrySendError::Full(_)) = self.service.try_send(Input::Core(event)) {
+                    self.metrics.count_undeliverable();
+                }
+            }
+            Event::LoopsRecovered { recent, usual } => {
+                tracing::warn!(
+                    core = self.core,
+                    recent,
+                    usual,
+                    "loops return again: high-alert mode over, registering and forwarding again"
+                );
+                self.metrics.set_alert(false);
+                if let Err(TrySendError::Full(_)) = self.service.try_send(Input::Core(event)) {
+                    self.metrics.count_undeliverable();
+                }
             }
             event => {
                 if let Some(raw) = &self.raw {

@@ -159,6 +159,7 @@ impl LocalNetwork {
                 io: options.io,
                 metrics: None,
                 passive: false,
+                on_loop_collapse: engine::AlertPolicy::Withdraw,
                 api_socket: Some(dir.0.join(format!("node-{i}")).join("api.sock")),
                 authorities: endpoints.clone(),
             };
@@ -269,7 +270,7 @@ pub fn run(options: &LocalOptions, messages: usize) -> Result<DemoReport, NodeEr
                 anon::MessengerEvent::Offline { .. } | anon::MessengerEvent::Undelivered { .. } => {
                     offline += 1
                 }
-                anon::MessengerEvent::Received(_) => {}
+                anon::MessengerEvent::Received(_) | anon::MessengerEvent::Alert { .. } => {}
             }
         }
     }

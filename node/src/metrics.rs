@@ -42,6 +42,9 @@ pub struct Metrics {
     carried: AtomicU64,
     /// This node's clock minus the authorities' (median), seconds.
     clock_skew: std::sync::atomic::AtomicI64,
+    /// Cores whose loops collapsed (high-alert mode), and alarms raised so far.
+    in_alert: AtomicU64,
+    alerts: AtomicU64,
 }
 
 const NO_EPOCH: u64 = u64::MAX;
@@ -69,6 +72,8 @@ impl Metrics {
             replay_unsaved: AtomicU64::new(0),
             carried: AtomicU64::new(0),
             clock_skew: std::sync::atomic::AtomicI64::new(0),
+            in_alert: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
         }
     }
 
@@ -101,6 +106,24 @@ impl Metrics {
     /// This node's clock minus the authorities' (their median), seconds, as last measured.
     pub fn clock_skew(&self) -> i64 {
         self.clock_skew.load(Ordering::Relaxed)
+    }
+
+    /// A core's loops collapsed (`raised`) or came back.
+    pub(crate) fn set_alert(&self, raised: bool) {
+        if raised {
+            self.in_alert.fetch_add(1, Ordering::Relaxed);
+            self.alerts.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .in_alert
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Whether the node is in high-alert mode: the loops of one of its cores collapsed (a
+    /// possible (n-1) attack, section 5.0.2) and have not come back.
+    pub fn in_alert(&self) -> bool {
+        self.in_alert.load(Ordering::Relaxed) > 0
     }
 
     pub(crate) fn set_carried(&self, carried: bool) {
@@ -424,6 +447,18 @@ impl Metrics {
             "consensus_carried",
             "1 while the installed consensus is the previous one carried forward (no consensus from the authorities for this epoch).",
             self.carried.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "high_alert",
+            "1 while the node is in high-alert mode: its loops stopped returning (a possible (n-1) attack); it is withdrawn from the consensus and forwards nothing until they return.",
+            f64::from(u8::from(self.in_alert())),
+        );
+        gauge(
+            &mut out,
+            "alerts",
+            "High-alert modes entered since start (loop collapses).",
+            self.alerts.load(Ordering::Relaxed) as f64,
         );
         gauge(
             &mut out,

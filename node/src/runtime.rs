@@ -166,6 +166,7 @@ impl Node {
             // when passive (not in the consensus), loops and SURBs end at this address
             engine_config.address = Some(addr);
             engine_config.families = families;
+            engine_config.alert = config.on_loop_collapse;
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed)?;
             let engine = Engine::new(engine_config, seed)?;

@@ -463,6 +463,18 @@ impl Service {
                 self.held_bytes += r.data.len();
                 self.held.push_back(r);
             }
+            // every application hears it
+            MessengerEvent::Alert { .. } => {
+                let apps: Vec<AppId> = self.apps.keys().copied().collect();
+                for app in apps {
+                    let q = self.backlog.entry(app).or_default();
+                    if q.len() < APP_QUEUE {
+                        q.push_back(e.clone());
+                    } else {
+                        self.metrics.count_undeliverable();
+                    }
+                }
+            }
             MessengerEvent::Acknowledged { id, .. }
             | MessengerEvent::Offline { id }
             | MessengerEvent::Undelivered { id, .. } => {

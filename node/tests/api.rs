@@ -198,6 +198,7 @@ fn socketanon_binds_unbinds_and_closeanon_erases_the_mix_keys() {
         io: IoChoice::Auto,
         metrics: None,
         passive: true,
+        on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         authorities: net.endpoints.clone(),
     };

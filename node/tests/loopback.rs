@@ -255,6 +255,7 @@ fn bad_configuration_and_key_files_are_clear_errors() {
         io: IoChoice::Portable,
         metrics: None,
         passive: true,
+        on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         authorities: vec![pki_client::AuthorityEndpoint {
             identity: pki_client::IdentityKey([1; 32]),
@@ -370,6 +371,7 @@ fn a_nodes_port_is_its_own() {
         io: IoChoice::Auto,
         metrics: None,
         passive: true,
+        on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         authorities: net.endpoints.clone(),
     };

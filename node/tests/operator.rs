@@ -38,6 +38,7 @@ fn passive_node(name: &str, listen: std::net::SocketAddr, url: String) -> NodeCo
         io: node::IoChoice::Portable,
         metrics: None,
         passive: true,
+        on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         authorities: vec![pki_client::AuthorityEndpoint {
             identity: pki_client::IdentityKey([1; 32]),

@@ -249,7 +249,10 @@ impl Messenger {
                     Purpose::Ack(_) | Purpose::Nack(_) => self.handle_plaintext(now, &plain, None),
                 }
             }
-            Event::LoopCollapse { .. } => {}
+            Event::LoopCollapse { .. } => self.push_event(MessengerEvent::Alert { raised: true }),
+            Event::LoopsRecovered { .. } => {
+                self.push_event(MessengerEvent::Alert { raised: false })
+            }
         }
     }
 

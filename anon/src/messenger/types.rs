@@ -226,6 +226,13 @@ pub enum MessengerEvent {
         /// Why.
         reason: Undelivered,
     },
+    /// The node's loops stopped returning (`raised`: a possible (n-1) attack, section
+    /// 5.0.2; the node withdraws and stops forwarding) or came back (`!raised`). Sending
+    /// and receiving go on throughout.
+    Alert {
+        /// Whether high-alert mode begins (or ends).
+        raised: bool,
+    },
 }
 
 /// Why a message was not delivered.

@@ -4,8 +4,9 @@
 
 use scheduler::{Emission, ForwardDrop, Timestamp};
 
-use super::{COVER_STOCK, Engine, Event, LOOP_STOCK, MAX_EVENTS, Queued};
+use super::{AlertPolicy, COVER_STOCK, Engine, Event, LOOP_STOCK, MAX_EVENTS, Queued};
 use crate::counters::{DropReason, OutCategory};
+use crate::loops::Alarm;
 
 impl Engine {
     /// Handles the timers due at `now`: delays that expired go to the emitter, the emission
@@ -54,10 +55,22 @@ impl Engine {
         }
         let lost = self.loops.expire(now);
         self.counters.loops_lost += lost as u64;
-        if let Some((recent, usual)) = self.loops.collapse()
-            && self.events.len() < MAX_EVENTS
-        {
-            self.events.push_back(Event::LoopCollapse { recent, usual });
+        if let Some(alarm) = self.loops.alarm() {
+            let withdraw = self.config.alert == AlertPolicy::Withdraw;
+            let event = match alarm {
+                Alarm::Raised { recent, usual } => {
+                    self.alert = withdraw;
+                    Event::LoopCollapse { recent, usual }
+                }
+                Alarm::Cleared { recent, usual } => {
+                    self.alert = false;
+                    Event::LoopsRecovered { recent, usual }
+                }
+            };
+            // the alert state holds whether or not the layer above hears of it
+            if self.events.len() < MAX_EVENTS {
+                self.events.push_back(event);
+            }
         }
     }
 

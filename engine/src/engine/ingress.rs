@@ -123,6 +123,9 @@ impl Engine {
                 if !self.config.forwarding {
                     return self.counters.drop(DropReason::NotForwarding);
                 }
+                if self.alert {
+                    return self.counters.drop(DropReason::HighAlert);
+                }
                 if delay.as_duration() > self.config.max_delay {
                     return self.counters.drop(DropReason::DelayTooLong);
                 }

@@ -95,6 +95,20 @@ pub struct EngineConfig {
     /// as drop cover instead, so that what comes back to the node stays at the loop rate
     /// L * b_loop whether it receives or not, as long as deliveries stay below that rate.
     pub shape_incoming: bool,
+    /// What a collapse of loops (section 5.0.2's (n-1) alarm) does.
+    pub alert: AlertPolicy,
+}
+
+/// What the engine does when its loops stop returning (section 5.0.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AlertPolicy {
+    /// Tell the layer above, nothing more.
+    Report,
+    /// High-alert mode: tell the layer above (which withdraws the node from the consensus)
+    /// and stop forwarding until loops return; the constant rate goes on with loops and
+    /// cover, own messages go on.
+    #[default]
+    Withdraw,
 }
 
 impl EngineConfig {
@@ -118,6 +132,7 @@ impl EngineConfig {
             direct_delivery: true,
             families: crate::paths::Families::BOTH,
             shape_incoming: true,
+            alert: AlertPolicy::Withdraw,
         }
     }
 }
@@ -145,7 +160,18 @@ pub enum Event {
         payload: Vec<u8>,
     },
     /// Loops stopped coming back: a possible n-1 attack around this node (section 5.0.2).
+    /// Under [`AlertPolicy::Withdraw`] the engine is in high-alert mode from now on: it
+    /// forwards nothing (dropped, counted `high_alert`), keeps its constant rate with loops
+    /// and cover, and still sends and delivers the node's own messages.
     LoopCollapse {
+        /// Fraction of recent loops that returned.
+        recent: f64,
+        /// Fraction that usually return.
+        usual: f64,
+    },
+    /// Loops come back again (80% of the usual rate): high-alert mode is over and the
+    /// engine forwards again.
+    LoopsRecovered {
         /// Fraction of recent loops that returned.
         recent: f64,
         /// Fraction that usually return.
@@ -222,6 +248,8 @@ pub struct Engine {
     shaping_credit: u32,
     /// Scheduled-loop slots so far.
     loop_slots: u64,
+    /// In high-alert mode: loops collapsed under [`AlertPolicy::Withdraw`].
+    alert: bool,
     events: VecDeque<Event>,
     counters: Counters,
 }
@@ -263,6 +291,7 @@ impl Engine {
             loops: LoopTracker::new(config.max_loops),
             shaping_credit: 0,
             loop_slots: 0,
+            alert: false,
             events: VecDeque::new(),
             counters: Counters::default(),
             config,
@@ -272,6 +301,11 @@ impl Engine {
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Whether the engine is in high-alert mode (see [`Event::LoopCollapse`]).
+    pub fn in_alert(&self) -> bool {
+        self.alert
     }
 
     /// The counters.
