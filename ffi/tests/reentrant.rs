@@ -131,6 +131,7 @@ fn a_callback_replies_sends_and_closes_on_its_own_socket() {
         cores: 1,
         io: IoChoice::Auto,
         mean_delay: Duration::from_millis(5),
+        loop_rate: 1.0,
     })
     .unwrap();
     let a = open(net.nodes[1].api_socket().unwrap(), 3);

@@ -36,6 +36,8 @@ pub struct LocalOptions {
     pub io: IoChoice,
     /// Mean per-hop delay, 1/lambda.
     pub mean_delay: Duration,
+    /// b_loop: packets a second each of the L = 2 loops costs.
+    pub loop_rate: f64,
 }
 
 impl Default for LocalOptions {
@@ -47,6 +49,7 @@ impl Default for LocalOptions {
             cores: 1,
             io: IoChoice::Auto,
             mean_delay: Duration::from_millis(20),
+            loop_rate: 1.0,
         }
     }
 }
@@ -109,7 +112,7 @@ impl LocalNetwork {
             rho_permille: 1500,
             mean_delay_micros: options.mean_delay.as_micros() as u64,
             loops: 2,
-            loop_rate_millis: 1000,
+            loop_rate_millis: (options.loop_rate * 1000.0) as u32,
             epoch_seconds: options.epoch_seconds,
             genesis_unix: unix_now(),
         };

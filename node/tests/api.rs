@@ -25,6 +25,7 @@ fn network() -> LocalNetwork {
         cores: 1,
         io: IoChoice::Auto,
         mean_delay: Duration::from_millis(10),
+        loop_rate: 1.0,
     })
     .unwrap()
 }

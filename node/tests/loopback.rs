@@ -26,6 +26,7 @@ fn options(nodes: usize, io: IoChoice, cores: usize) -> LocalOptions {
         cores,
         io,
         mean_delay: Duration::from_millis(10),
+        loop_rate: 1.0,
     }
 }
 

@@ -193,6 +193,7 @@ fn packets_seen_before_a_sigkill_are_replays_after_the_restart() {
         cores: 1,
         io: IoChoice::Auto,
         mean_delay: Duration::from_millis(10),
+        loop_rate: 1.0,
     })
     .unwrap();
     let dir = std::env::temp_dir().join(format!("mixed-restart-{}", std::process::id()));
