@@ -71,26 +71,24 @@ impl Upper for CoreLink {
 
     fn deliver(&mut self, now: Timestamp, event: Event) {
         match event {
-            Event::LoopCollapse { recent, usual } => {
-                tracing::warn!(
-                    core = self.core,
-                    recent,
-                    usual,
-                    "loops stopped returning: a possible (n-1) attack around this node; high-alert mode: withdrawing from the consensus and forwarding nothing until they return"
-                );
-                self.metrics.set_alert(true);
-                if let Err(TrySendError::Full(_)) = self.service.try_send(Input::Core(event)) {
-                    self.metrics.count_undeliverable();
+            Event::LoopCollapse { recent, usual } | Event::LoopsRecovered { recent, usual } => {
+                let raised = matches!(event, Event::LoopCollapse { .. });
+                if raised {
+                    tracing::warn!(
+                        core = self.core,
+                        recent,
+                        usual,
+                        "loops stopped returning: a possible (n-1) attack around this node; high-alert mode: withdrawing from the consensus and forwarding nothing until they return"
+                    );
+                } else {
+                    tracing::warn!(
+                        core = self.core,
+                        recent,
+                        usual,
+                        "loops return again: high-alert mode over, registering and forwarding again"
+                    );
                 }
-            }
-            Event::LoopsRecovered { recent, usual } => {
-                tracing::warn!(
-                    core = self.core,
-                    recent,
-                    usual,
-                    "loops return again: high-alert mode over, registering and forwarding again"
-                );
-                self.metrics.set_alert(false);
+                self.metrics.set_alert(raised);
                 if let Err(TrySendError::Full(_)) = self.service.try_send(Input::Core(event)) {
                     self.metrics.count_undeliverable();
                 }
