@@ -259,3 +259,67 @@ fn mismatched_batch_lengths_are_refused() {
     let mut results: Vec<Result<(), BuildError>> = vec![Ok(()); 1];
     assert!(build_packets(&[], &mut r, &mut packets, &mut results).is_err());
 }
+
+#[test]
+fn cover_packets_have_the_headers_of_packets_and_random_bodies() {
+    let mut r = rng(63);
+    for count in [1, 8, 9] {
+        let cases: Vec<Case> = (0..count)
+            .map(|_| Case::random(&mut r, 1, DEFAULT_PAYLOAD_SIZE))
+            .collect();
+        let routes = requests_for(&cases);
+        let requests: Vec<PacketRequest<'_>> = cases
+            .iter()
+            .zip(&routes)
+            .map(|(c, (route, _))| PacketRequest {
+                route,
+                delays: &c.delays,
+                destination: &c.destination,
+                message: &[],
+            })
+            .collect();
+        let seed = r.next_u64();
+        let mut plain: Vec<Vec<u8>> = routes.iter().map(|(_, len)| vec![0u8; *len]).collect();
+        let mut cover = plain.clone();
+        let mut results = vec![Err(BuildError::EmptyRoute); count];
+        build_packets(&requests, &mut rng(seed), &mut plain, &mut results).unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        crypto_simd::sphinx::build_cover_packets(
+            &requests,
+            &mut rng(seed),
+            &mut cover,
+            &mut results,
+        )
+        .unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        for (i, c) in cases.iter().enumerate() {
+            // the same header as the packet built with the same randomness
+            assert_eq!(cover[i][..HEADER_LEN], plain[i][..HEADER_LEN], "packet {i}");
+            assert_ne!(cover[i][HEADER_LEN..], plain[i][HEADER_LEN..]);
+            // the hop (and sphinx-packet) processes it as any final hop: MAC good, routed
+            // here; the body does not decrypt to a plaintext
+            let mut ours = cover[i].clone();
+            let processed = process_in_place(&c.nodes[0].secret, &mut ours).unwrap();
+            assert!(matches!(
+                processed.routing,
+                crypto_simd::sphinx::Routing::Final { destination } if destination == c.destination
+            ));
+            assert!(crypto_simd::sphinx::recover_plaintext(&ours[HEADER_LEN..]).is_err());
+            match SphinxPacket::from_bytes(&cover[i])
+                .unwrap()
+                .process(&c.nodes[0].their_secret)
+                .unwrap()
+                .data
+            {
+                ProcessedPacketData::FinalHop { payload, .. } => {
+                    assert!(payload.recover_plaintext().is_err())
+                }
+                ProcessedPacketData::ForwardHop { .. } => panic!("a one-hop packet forwarded"),
+            }
+        }
+        // bodies are not all one: random per packet
+        if count > 1 {
+            assert_ne!(cover[0][HEADER_LEN..], cover[1][HEADER_LEN..]);
+        }
+    }
+}

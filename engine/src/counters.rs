@@ -36,9 +36,6 @@ pub enum DropReason {
     TxQueueFull,
     /// A final hop for another destination.
     NotForUs,
-    /// Drop cover whose payload does not decrypt to the empty plaintext (tampered in
-    /// transit). Other undecryptable final payloads go up as sealed (SURB replies).
-    CorruptPayload,
     /// The own-data queue was full.
     OwnQueueFull,
     /// The event queue was full: the layer above does not poll events.
@@ -58,7 +55,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::WrongSize,
         DropReason::HeaderMac,
         DropReason::LowOrderAlpha,
@@ -74,7 +71,6 @@ impl DropReason {
         DropReason::NotForwarding,
         DropReason::TxQueueFull,
         DropReason::NotForUs,
-        DropReason::CorruptPayload,
         DropReason::OwnQueueFull,
         DropReason::EventQueueFull,
         DropReason::NoKey,
@@ -101,7 +97,6 @@ impl DropReason {
             DropReason::NotForwarding => "not_forwarding",
             DropReason::TxQueueFull => "tx_queue_full",
             DropReason::NotForUs => "not_for_us",
-            DropReason::CorruptPayload => "corrupt_payload",
             DropReason::OwnQueueFull => "own_queue_full",
             DropReason::EventQueueFull => "event_queue_full",
             DropReason::NoKey => "no_key",

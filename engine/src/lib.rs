@@ -15,7 +15,8 @@ pub mod replay;
 
 pub use counters::{Counters, DropReason, OutCategory};
 pub use engine::{
-    AlertPolicy, Engine, EngineConfig, EpochKeys, Event, InstallError, SendError, Transmit,
+    AlertPolicy, DEFAULT_INGRESS_HOLD, Engine, EngineConfig, EpochKeys, Event, InstallError,
+    SendError, Transmit,
 };
 pub use paths::{FORWARD_BATCH, Families, ForwardItem, Paths, direct_id, parse_direct_id};
 pub use replay::{ReplayCheck, ReplayFilter, Seen};

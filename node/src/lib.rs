@@ -3,6 +3,7 @@
 //! `mixed demo` network.
 
 pub mod api;
+pub mod capacity;
 mod clock;
 pub mod config;
 mod control;

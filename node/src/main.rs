@@ -4,6 +4,7 @@
 //! mixed demo                               a local network on loopback, messages end to end
 //! mixed node --config node.toml            run a node
 //! mixed node --example-config              print an example node configuration
+//! mixed node --self-test                   measure this machine: the B one core can honour
 //! mixed dirauth --config authority.toml    run a directory authority
 //! mixed dirauth --example-config           print an example authority configuration
 //! mixed dirauth --print-key --config F     print the authority's public key (for [[authorities]])
@@ -63,7 +64,7 @@ enum Command {
     /// constant rate B, forwards for others, and serves metrics.
     Node {
         /// The node's TOML configuration (see --example-config).
-        #[arg(long, short, required_unless_present = "example_config")]
+        #[arg(long, short, required_unless_present_any = ["example_config", "self_test"])]
         config: Option<PathBuf>,
         /// Send and receive without registering or forwarding.
         #[arg(long)]
@@ -74,6 +75,15 @@ enum Command {
         /// Print an example configuration and exit.
         #[arg(long)]
         example_config: bool,
+        /// Measure this machine instead of running a node: the unwrap rate, the loopback
+        /// round trip, and the capacity of one core (the highest B whose departures stay
+        /// on time at 95% of the forward budget, in a bench network on loopback, about two
+        /// minutes); prints the `bandwidth` line to put in the configuration.
+        #[arg(long, conflicts_with_all = ["config", "passive", "print_key", "example_config"])]
+        self_test: bool,
+        /// With --self-test: trials of the capacity search.
+        #[arg(long, default_value_t = 6, requires = "self_test")]
+        self_test_steps: usize,
         /// Print this node's identity key and node ID (creating its keys if absent) and exit.
         #[arg(long, requires = "config")]
         print_key: bool,
@@ -100,15 +110,47 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // the self-test starts and stops its node a few times: only errors are news
+    let quiet = matches!(
+        cli.command,
+        Command::Node {
+            self_test: true,
+            ..
+        }
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // the bench network's node warns, as any node does, while the first
+                // consensus is being made: not news for the one measuring
+                tracing_subscriber::EnvFilter::new(if quiet { "error" } else { "info" })
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Node {
+            self_test: true,
+            self_test_steps,
+            io,
+            ..
+        } => {
+            let io = io.unwrap_or(IoChoice::Auto);
+            eprintln!(
+                "self-test: measuring this machine ({self_test_steps} trials of 2 s, about two minutes)..."
+            );
+            let found = node::capacity::selftest::run(io, self_test_steps, 2.0, |t| {
+                eprintln!(
+                    "  trial at B = {:.0}: {}",
+                    t.bandwidth,
+                    if t.on_time() { "on time" } else { "behind" }
+                )
+            })?;
+            print!("{}", found.report());
+            Ok(())
+        }
         Command::Demo {
             nodes,
             messages,

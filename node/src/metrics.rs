@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use engine::{Counters, DropReason};
 
+/// The upper bounds, in seconds, of the lateness histogram's buckets (1-2-5 steps).
+pub const LATENESS_BUCKETS: [f64; 19] = [
+    10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 0.1, 0.2,
+    0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
 /// What a core last published.
 #[derive(Clone, Debug)]
 pub struct CoreSnapshot {
@@ -220,21 +226,25 @@ impl Metrics {
     /// Departure lateness, all cores: p50 and p99 in microseconds, the sum in seconds and
     /// the count of departures measured.
     fn lateness(&self) -> (f64, f64, f64, u64) {
-        let mut h = hdrhistogram::Histogram::<u64>::new(2).ok();
+        self.merged_lateness()
+            .map(|h| {
+                (
+                    h.value_at_quantile(0.5) as f64 / 1e3,
+                    h.value_at_quantile(0.99) as f64 / 1e3,
+                    h.mean() * h.len() as f64 / 1e9,
+                    h.len(),
+                )
+            })
+            .unwrap_or((0.0, 0.0, 0.0, 0))
+    }
+
+    /// Every core's departure lateness in one histogram (nanoseconds).
+    fn merged_lateness(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        let mut h = hdrhistogram::Histogram::<u64>::new(2).ok()?;
         for c in self.cores().iter().flatten() {
-            if let Some(h) = h.as_mut() {
-                let _ = h.add(&c.lateness);
-            }
+            let _ = h.add(&c.lateness);
         }
-        h.map(|h| {
-            (
-                h.value_at_quantile(0.5) as f64 / 1e3,
-                h.value_at_quantile(0.99) as f64 / 1e3,
-                h.mean() * h.len() as f64 / 1e9,
-                h.len(),
-            )
-        })
-        .unwrap_or((0.0, 0.0, 0.0, 0))
+        Some(h)
     }
 
     /// The Prometheus text rendering.
@@ -483,6 +493,28 @@ impl Metrics {
         );
         let _ = writeln!(out, "mixed_departure_lateness_seconds_sum {sum}");
         let _ = writeln!(out, "mixed_departure_lateness_seconds_count {count}");
+        // the same departures as a histogram: cumulative counts, so that a tool reading the
+        // metrics twice has the quantiles of the window between (mixed-perf, --self-test)
+        let _ = writeln!(
+            out,
+            "# HELP mixed_slot_lateness_seconds How late packets left after their slot.\n# TYPE mixed_slot_lateness_seconds histogram"
+        );
+        if let Some(h) = self.merged_lateness() {
+            for le in LATENESS_BUCKETS {
+                let below = h.count_between(0, (le * 1e9) as u64);
+                let _ = writeln!(
+                    out,
+                    "mixed_slot_lateness_seconds_bucket{{le=\"{le}\"}} {below}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "mixed_slot_lateness_seconds_bucket{{le=\"+Inf\"}} {}",
+                h.len()
+            );
+            let _ = writeln!(out, "mixed_slot_lateness_seconds_sum {sum}");
+            let _ = writeln!(out, "mixed_slot_lateness_seconds_count {}", h.len());
+        }
         let returned = total.loops_returned as f64;
         let ended = (total.loops_returned + total.loops_lost) as f64;
         gauge(

@@ -167,6 +167,7 @@ impl Node {
             engine_config.address = Some(addr);
             engine_config.families = families;
             engine_config.alert = config.on_loop_collapse;
+            engine_config.ingress_hold = engine::DEFAULT_INGRESS_HOLD;
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed)?;
             let engine = Engine::new(engine_config, seed)?;

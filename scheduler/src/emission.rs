@@ -7,8 +7,8 @@
 //! `B - rho * B / h - L * b_loop`. At each slot the node takes, in this order,
 //!
 //! 1. a scheduled loop, if one is due;
-//! 2. a forward whose delay has expired, if the forward budget allows (a token bucket at
-//!    that rate);
+//! 2. a forward whose delay has expired, if the forward budget allows (a token bucket
+//!    filled by the budget's share of each slot, (B - rho * B / h - L * b_loop) / B);
 //! 3. its own data, if it has some and the own-data limit allows;
 //! 4. otherwise cover, to fill the slot (see [`Emission::Cover`]).
 //!
@@ -194,9 +194,9 @@ pub struct Emitter<T> {
     loops_due: u32,
     own: OwnLimit,
     drop_probability: f64,
-    forward_rate_per_nano: f64,
+    /// The forward budget's share of the slots.
+    forward_share: f64,
     forward_tokens: f64,
-    last_slot: Timestamp,
     ready: VecDeque<T>,
     counters: EmissionCounters,
 }
@@ -252,9 +252,8 @@ impl<T> Emitter<T> {
             loops_due: 0,
             own: OwnLimit::new(params.own_rate(), now),
             drop_probability: 0.0,
-            forward_rate_per_nano: params.forward_budget() / 1e9,
+            forward_share: params.forward_budget() / params.b,
             forward_tokens: 0.0,
-            last_slot: now,
             ready: VecDeque::with_capacity(params.forward_queue),
             counters: EmissionCounters::default(),
         })
@@ -329,10 +328,11 @@ impl<T> Emitter<T> {
                     .saturating_add(loop_clock.next_gap(&mut *rng));
             }
         }
-        let elapsed = slot.saturating_since(self.last_slot).as_nanos() as f64;
-        self.forward_tokens =
-            (self.forward_tokens + elapsed * self.forward_rate_per_nano).min(FORWARD_BURST);
-        self.last_slot = slot;
+        // the budget's share of every slot, (B - rho B / h - L b_loop) / B: a rate of
+        // slots, not of time, so that a long gap between two slots loses none of it (a
+        // bucket filled by time overflows in the gap, and at 95% of the budget dropped 15%
+        // of the forwards)
+        self.forward_tokens = (self.forward_tokens + self.forward_share).min(FORWARD_BURST);
 
         let emission = if self.loops_due > 0 {
             self.loops_due -= 1;

@@ -248,3 +248,52 @@ fn bad_parameters_are_refused() {
     // no loops at all is fine
     assert_eq!(with(|p| p.l = 0), None);
 }
+
+/// Forwards arriving one at a time, a Poisson stream at `load` times the forward budget of
+/// a node with h = 5, rho = 1, no loops (the budget is 80% of B), for 1,000 s at B = 1,000;
+/// returns (arrived, dropped for the budget, dropped at a full queue).
+fn offered_share(load: f64, seed: u64) -> (u64, u64, u64) {
+    let params = EmissionParams {
+        b: 1000.0,
+        rho: 1.0,
+        h: 5,
+        l: 0,
+        b_loop: 0.0,
+        forward_queue: 256,
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut emitter = Emitter::<()>::new(params, Timestamp::ZERO, &mut rng).unwrap();
+    let arrivals = PoissonClock::new(load * params.forward_budget()).unwrap();
+    let mut next = Timestamp::ZERO.saturating_add(arrivals.next_gap(&mut rng));
+    let end = Timestamp::from_nanos(SECONDS * 1_000_000_000);
+    let mut arrived = 0;
+    while emitter.poll_timeout() <= end {
+        if next < emitter.poll_timeout() {
+            arrived += 1;
+            let _ = emitter.push_forward((), &mut rng);
+            next = next.saturating_add(arrivals.next_gap(&mut rng));
+            continue;
+        }
+        let now = emitter.poll_timeout();
+        let _ = emitter.on_slot(now, false);
+    }
+    let c = emitter.counters();
+    (arrived, c.dropped_forwards, c.overflowed_forwards)
+}
+
+#[test]
+fn forwards_below_the_budget_are_all_served() {
+    // at 95% of the budget the slots carry every forward (the queue of 256 absorbs the
+    // Poisson bursts): the budget is a rate of slots, none of it lost to a long gap
+    let (arrived, budget, full) = offered_share(0.95, 11);
+    eprintln!("at 95% of the budget: {arrived} arrived, {budget} dropped, {full} at a full queue");
+    assert!(
+        budget + full <= arrived / 1000,
+        "{budget} + {full} of {arrived} dropped at 95% of the budget"
+    );
+    // above the budget, what is served is the budget: the drops are the excess
+    let (arrived, budget, full) = offered_share(1.25, 12);
+    let served = (arrived - budget - full) as f64 / SECONDS as f64;
+    eprintln!("at 125% of the budget: {served:.1}/s served of 800/s");
+    assert!((790.0..=805.0).contains(&served), "{served}/s served");
+}

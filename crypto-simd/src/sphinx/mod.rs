@@ -47,7 +47,7 @@ mod route;
 mod surb;
 
 pub use batch::{
-    PacketRequest, build_packets, build_packets_on, process_batch_in_place,
+    PacketRequest, build_cover_packets, build_packets, build_packets_on, process_batch_in_place,
     process_batch_in_place_on,
 };
 pub use error::{BuildError, PayloadError, ProcessError, SurbError};

@@ -4,7 +4,7 @@
 
 use scheduler::{Emission, ForwardDrop, Timestamp};
 
-use super::{AlertPolicy, COVER_STOCK, Engine, Event, LOOP_STOCK, MAX_EVENTS, Queued};
+use super::{AlertPolicy, BUILD_CHUNK, COVER_STOCK, Engine, Event, LOOP_STOCK, MAX_EVENTS, Queued};
 use crate::counters::{DropReason, OutCategory};
 use crate::loops::Alarm;
 
@@ -13,6 +13,9 @@ impl Engine {
     /// slots that are due are filled, loops that did not return in time are lost. Call it at
     /// [`Self::poll_timeout`] (or later), then drain [`Self::poll_transmit`].
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.stage_deadline().is_some_and(|t| t <= now) {
+            self.flush_staged(now);
+        }
         let tick = self.clock.now_tick(now);
         while let Some(buf) = self.wheel.pop_expired(tick) {
             let Some(emitter) = &mut self.emitter else {
@@ -43,15 +46,13 @@ impl Engine {
             }
             self.emitter = Some(emitter);
         }
-        if self.stock.len() < LOOP_STOCK / 2 {
-            self.build_loops(now, LOOP_STOCK - self.stock.len());
+        // stock for the next slots, one chunk of each at most per call: a chunk costs a few
+        // hundred microseconds of ladders, and the slots due meanwhile wait for it
+        if self.stock.len() + BUILD_CHUNK <= LOOP_STOCK {
+            self.build_loops(now, BUILD_CHUNK);
         }
-        while self.cover.len() + LOOP_STOCK <= COVER_STOCK {
-            let before = self.cover.len();
-            self.build_cover(LOOP_STOCK);
-            if self.cover.len() == before {
-                break; // no path or no buffer: try again next time
-            }
+        if self.cover.len() + BUILD_CHUNK <= COVER_STOCK {
+            self.build_cover(BUILD_CHUNK);
         }
         let lost = self.loops.expire(now);
         self.counters.loops_lost += lost as u64;
@@ -88,7 +89,7 @@ impl Engine {
             }),
             Emission::Cover => {
                 if self.cover.is_empty() {
-                    self.build_cover(LOOP_STOCK);
+                    self.build_cover(BUILD_CHUNK);
                 }
                 self.cover.pop_front()
             }
@@ -105,7 +106,7 @@ impl Engine {
             }
             Emission::ScheduledLoop => {
                 if self.stock.is_empty() {
-                    self.build_loops(now, LOOP_STOCK);
+                    self.build_loops(now, BUILD_CHUNK);
                 }
                 self.stock.pop_front().map(|l| {
                     let timeout = self.config.loop_timeout;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crypto_simd::sphinx::{self, HEADER_LEN, MixSecretKey};
+use crypto_simd::sphinx::{self, HEADER_LEN, MixPublicKey, MixSecretKey};
 use scheduler::{EmissionParams, Emitter, ExpDelay, Timestamp};
 
 use super::{Engine, EpochKeys};
@@ -31,6 +31,9 @@ pub(super) struct EpochState {
     pub(super) keys: EpochKeys,
     /// Node ID -> address, for this epoch's nodes.
     pub(super) addrs: HashMap<[u8; 32], SocketAddr>,
+    /// This node's public mix key for the epoch (computed once: a fixed-base
+    /// multiplication costs more than a batched ladder).
+    pub(super) public: MixPublicKey,
 }
 
 /// Why an epoch could not be installed.
@@ -121,6 +124,7 @@ impl Engine {
             self.packet_size = size;
             self.pool = PacketPool::new(self.config.pool_size, size);
             self.next_hop = vec![None; self.config.pool_size];
+            self.scratch = Vec::with_capacity(size);
         }
         self.delays = delays;
         let addrs = keys
@@ -133,7 +137,12 @@ impl Engine {
         self.loops.retain_nodes(|id| listed.node(id).is_some());
         let epoch = keys.consensus.epoch();
         self.ahead.retain(|k| k.epoch > epoch);
-        let state = EpochState { keys, addrs };
+        let public = keys.secret.public_key();
+        let state = EpochState {
+            keys,
+            addrs,
+            public,
+        };
         if let Some(old) = self.current.replace(state) {
             self.previous = Some((old, now.saturating_add(self.config.grace)));
         }
@@ -195,7 +204,7 @@ impl Engine {
             Arc::clone(&current.keys.consensus),
             self.config.node_id,
             self.config.address,
-            current.keys.secret.public_key(),
+            current.public,
         ))
     }
 }

@@ -43,8 +43,12 @@ use epoch::{AheadKey, EpochState, MAX_AHEAD};
 
 /// Most datagrams unwrapped together.
 pub const MAX_BATCH: usize = 64;
-/// Loops (and cover packets) built per batch: two ladders of IFMA's eight lanes.
+/// Loops kept built ahead, at most (and the largest batch the builders take).
 const LOOP_STOCK: usize = 16;
+/// Loops or cover packets built at once: one group of IFMA's eight ladder lanes. A chunk
+/// of cover costs about 150 us, of loops about 1 ms on dev-2c; the stock is topped up a
+/// chunk at a time, so no slot waits behind a long build (docs/benchmarks.md, issue 13).
+const BUILD_CHUNK: usize = 8;
 /// Cover packets kept built ahead: at high rates a turn of the loop may fill many slots,
 /// and cover built one at a time would waste the ladders' lanes.
 const COVER_STOCK: usize = 64;
@@ -97,7 +101,17 @@ pub struct EngineConfig {
     pub shape_incoming: bool,
     /// What a collapse of loops (section 5.0.2's (n-1) alarm) does.
     pub alert: AlertPolicy,
+    /// How long a received datagram may wait for others before it is unwrapped: the X25519
+    /// backend unwraps a group of lanes (eight on AVX-512 IFMA) for the cost of one, so a
+    /// node receiving a packet at a time pays up to eight times over. Zero unwraps every
+    /// batch as it comes (simulations); the node runtime holds up to
+    /// [`DEFAULT_INGRESS_HOLD`], which a full group of lanes cuts short.
+    pub ingress_hold: Duration,
 }
+
+/// The node runtime's [`EngineConfig::ingress_hold`]: a fifth of a millisecond added to a
+/// hop at most, at rates where a group of lanes takes longer than that to fill.
+pub const DEFAULT_INGRESS_HOLD: Duration = Duration::from_micros(200);
 
 /// What the engine does when its loops stop returning (section 5.0.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -133,6 +147,7 @@ impl EngineConfig {
             families: crate::paths::Families::BOTH,
             shape_incoming: true,
             alert: AlertPolicy::Withdraw,
+            ingress_hold: Duration::ZERO,
         }
     }
 }
@@ -252,6 +267,15 @@ pub struct Engine {
     alert: bool,
     events: VecDeque<Event>,
     counters: Counters,
+    /// Datagrams copied into pool buffers, waiting to be unwrapped together.
+    staged: [u32; ingress::MAX_STAGE],
+    staged_len: usize,
+    /// When the oldest staged datagram arrived.
+    staged_since: Timestamp,
+    /// How many staged datagrams make a batch: the X25519 backend's lanes.
+    stage_target: usize,
+    /// A packet's worth of bytes, for a staged packet delivered here.
+    scratch: Vec<u8>,
 }
 
 /// Deliveries that can wait for a loop to leave out in their place: past that, while
@@ -294,6 +318,13 @@ impl Engine {
             alert: false,
             events: VecDeque::new(),
             counters: Counters::default(),
+            staged: [0; ingress::MAX_STAGE],
+            staged_len: 0,
+            staged_since: Timestamp::ZERO,
+            stage_target: crypto_simd::x25519::selected()
+                .lanes()
+                .clamp(1, ingress::MAX_STAGE),
+            scratch: Vec::new(),
             config,
         })
     }
@@ -361,7 +392,11 @@ impl Engine {
         let wheel = self.wheel.next_deadline().map(|t| self.clock.tick_start(t));
         let loops = self.loops.next_expiry();
         let grace = self.previous.as_ref().map(|(_, until)| *until);
-        [emitter, wheel, loops, grace].into_iter().flatten().min()
+        let staged = self.stage_deadline();
+        [emitter, wheel, loops, grace, staged]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next event for the layer above.

@@ -1,5 +1,6 @@
-//! Loops and drop cover, built in batches of [`LOOP_STOCK`] (the X25519 ladders side by
-//! side) and kept in stock for the slots that call for them (section 4.4 of the paper).
+//! Loops and drop cover, built in chunks of [`BUILD_CHUNK`](super::BUILD_CHUNK) (the
+//! X25519 ladders side by side) and kept in stock for the slots that call for them
+//! (section 4.4 of the paper).
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ impl Engine {
         };
         let consensus = Arc::clone(&current.keys.consensus);
         let params = *consensus.params();
-        let key = current.keys.secret.public_key();
+        let key = current.public;
         let Some(my_id) = self.my_hop_id() else {
             return; // nothing can reach this node: no loops
         };
@@ -71,7 +72,7 @@ impl Engine {
             destination: &destinations[k],
             message: &[],
         });
-        let (bufs, results, taken) = self.build_batch(&requests[..built]);
+        let (bufs, results, taken) = self.build_batch(&requests[..built], false);
         for k in 0..taken {
             let first = routes[k][0].id.0;
             match (results[k], self.address_of(&first)) {
@@ -90,7 +91,8 @@ impl Engine {
     }
 
     /// Builds up to `count` drop-cover packets in one batch: one hop to a random node (by
-    /// bandwidth), with the cover identifier and no plaintext; the node discards them.
+    /// bandwidth), with the cover identifier and a random body
+    /// ([`sphinx::build_cover_packets`]); the node discards them.
     pub(super) fn build_cover(&mut self, count: usize) {
         let Some(current) = &self.current else {
             return;
@@ -136,7 +138,7 @@ impl Engine {
             destination: &destinations[k],
             message: &[],
         });
-        let (bufs, results, taken) = self.build_batch(&requests[..built]);
+        let (bufs, results, taken) = self.build_batch(&requests[..built], true);
         for k in 0..taken {
             match (results[k], self.address_of(&routes[k][0].id.0)) {
                 (Ok(()), Some(to)) => self.cover.push_back(Queued {
@@ -151,11 +153,13 @@ impl Engine {
     }
 
     /// Builds `requests` (at most [`LOOP_STOCK`]) into free pool buffers in one batch, their
-    /// X25519 ladders side by side, as many as there are buffers: returns the buffers, each
-    /// build's result, and how many were taken.
+    /// X25519 ladders side by side, as many as there are buffers (drop cover, with random
+    /// bodies, when `cover`): returns the buffers, each build's result, and how many were
+    /// taken.
     fn build_batch(
         &mut self,
         requests: &[PacketRequest<'_>],
+        cover: bool,
     ) -> (
         [u32; LOOP_STOCK],
         [Result<(), BuildError>; LOOP_STOCK],
@@ -171,7 +175,12 @@ impl Engine {
         let mut results = [Ok(()); LOOP_STOCK];
         let mut outs = self.pool.many_mut(&bufs[..taken]);
         // the lengths match by construction
-        let _ = sphinx::build_packets(
+        let build = if cover {
+            sphinx::build_cover_packets
+        } else {
+            sphinx::build_packets
+        };
+        let _ = build(
             &requests[..taken],
             &mut self.rng,
             &mut outs[..taken],

@@ -50,9 +50,14 @@ impl PortableIo {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd, count 1.
-        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        // nanoseconds: poll's milliseconds would round every wait under one down to zero,
+        // and a core whose next slot is 200 us away would spin
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: one valid pollfd, count 1, a valid timespec, no signal mask.
+        let ready = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
         if ready < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {

@@ -115,7 +115,15 @@ impl UringIo {
     pub(crate) fn with_entries(socket: UdpSocket, entries: u32) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let socket_v6 = socket.local_addr()?.is_ipv6();
-        let ring = IoUring::builder().build(entries)?;
+        // cooperative task running (Linux 5.19): a datagram arriving while the core computes
+        // does not interrupt it (an inter-processor interrupt, a VM exit on a virtual
+        // machine) to post its completion; the completion is posted at the core's next
+        // entry into the kernel, which every turn of its loop makes. Older kernels refuse
+        // the flag: the ring is set up without it.
+        let ring = match IoUring::builder().setup_coop_taskrun().build(entries) {
+            Ok(r) => r,
+            Err(_) => IoUring::builder().build(entries)?,
+        };
         let ring_mem = Mapping::new(RING_BUFFERS as usize * std::mem::size_of::<BufRingEntry>())?;
         let buffers = Mapping::new(RING_BUFFERS as usize * BUF_SIZE)?;
         // SAFETY: `ring_mem` is page aligned, holds RING_BUFFERS entries and lives as long as
