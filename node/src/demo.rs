@@ -56,7 +56,63 @@ impl Default for LocalOptions {
 
 /// A temporary folder, removed on drop.
 #[derive(Debug)]
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    /// A new folder `<prefix>-<random hex>` under the system's temporary folder.
+    pub(crate) fn new(prefix: &str) -> Result<TempDir, NodeError> {
+        let mut tag = [0u8; 6];
+        getrandom::fill(&mut tag)?;
+        let dir =
+            std::env::temp_dir().join(format!("{prefix}-{}", pki_client::descriptor::hex(&tag)));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+/// Starts three authorities on loopback with these parameters, their state under `dir`;
+/// returns them and their endpoints.
+pub(crate) fn spawn_authorities(
+    dir: &std::path::Path,
+    params: NetworkParams,
+) -> Result<(Vec<AuthorityHandle>, Vec<AuthorityEndpoint>), NodeError> {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    let mut secrets = Vec::new();
+    for _ in 0..3 {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b)?;
+        secrets.push(IdentitySecret::from_bytes(b));
+    }
+    let endpoints: Vec<AuthorityEndpoint> = secrets
+        .iter()
+        .zip(&listeners)
+        .map(|(s, l)| {
+            Ok(AuthorityEndpoint {
+                identity: s.public(),
+                url: format!("http://{}", l.local_addr()?),
+            })
+        })
+        .collect::<Result<_, std::io::Error>>()?;
+    let mut authorities = Vec::new();
+    for (i, (secret, listener)) in secrets.into_iter().zip(listeners).enumerate() {
+        let config = AuthorityConfig {
+            identity: secret,
+            listen: listener.local_addr()?,
+            data_dir: dir.join(format!("authority-{i}")),
+            params,
+            authorities: endpoints.clone(),
+            limits: Limits {
+                max_body_bytes: 4096,
+                requests_per_second: 1000.0,
+                burst: 1000.0,
+            },
+        };
+        authorities.push(dirauth::spawn(config, listener)?);
+    }
+    Ok((authorities, endpoints))
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -100,12 +156,7 @@ impl LocalNetwork {
         options: &LocalOptions,
         addressing: impl Fn(usize) -> (SocketAddr, Vec<SocketAddr>),
     ) -> Result<LocalNetwork, NodeError> {
-        let mut tag = [0u8; 6];
-        getrandom::fill(&mut tag)?;
-        let dir =
-            std::env::temp_dir().join(format!("mixed-demo-{}", pki_client::descriptor::hex(&tag)));
-        std::fs::create_dir_all(&dir)?;
-        let dir = TempDir(dir);
+        let dir = TempDir::new("mixed-demo")?;
         let params = NetworkParams {
             packet_size: 1452,
             hops: 3,
@@ -116,41 +167,7 @@ impl LocalNetwork {
             epoch_seconds: options.epoch_seconds,
             genesis_unix: unix_now(),
         };
-        let listeners: Vec<TcpListener> = (0..3)
-            .map(|_| TcpListener::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()?;
-        let mut secrets = Vec::new();
-        for _ in 0..3 {
-            let mut b = [0u8; 32];
-            getrandom::fill(&mut b)?;
-            secrets.push(IdentitySecret::from_bytes(b));
-        }
-        let endpoints: Vec<AuthorityEndpoint> = secrets
-            .iter()
-            .zip(&listeners)
-            .map(|(s, l)| {
-                Ok(AuthorityEndpoint {
-                    identity: s.public(),
-                    url: format!("http://{}", l.local_addr()?),
-                })
-            })
-            .collect::<Result<_, std::io::Error>>()?;
-        let mut authorities = Vec::new();
-        for (i, (secret, listener)) in secrets.into_iter().zip(listeners).enumerate() {
-            let config = AuthorityConfig {
-                identity: secret,
-                listen: listener.local_addr()?,
-                data_dir: dir.0.join(format!("authority-{i}")),
-                params,
-                authorities: endpoints.clone(),
-                limits: Limits {
-                    max_body_bytes: 4096,
-                    requests_per_second: 1000.0,
-                    burst: 1000.0,
-                },
-            };
-            authorities.push(dirauth::spawn(config, listener)?);
-        }
+        let (authorities, endpoints) = spawn_authorities(&dir.0, params)?;
         let mut nodes = Vec::new();
         for i in 0..options.nodes {
             let config = NodeConfig {

@@ -81,7 +81,8 @@ enum Command {
         /// minutes); prints the `bandwidth` line to put in the configuration.
         #[arg(long, conflicts_with_all = ["config", "passive", "print_key", "example_config"])]
         self_test: bool,
-        /// With --self-test: trials of the capacity search.
+        /// With --self-test: values of B the search tries (each once, or twice when the first
+        /// trial is behind).
         #[arg(long, default_value_t = 6, requires = "self_test")]
         self_test_steps: usize,
         /// Print this node's identity key and node ID (creating its keys if absent) and exit.
@@ -139,7 +140,7 @@ fn main() -> Result<()> {
         } => {
             let io = io.unwrap_or(IoChoice::Auto);
             eprintln!(
-                "self-test: measuring this machine ({self_test_steps} trials of 2 s, about two minutes)..."
+                "self-test: measuring this machine ({self_test_steps} values of B, trials of 2 s, one to two minutes)..."
             );
             let found = node::capacity::selftest::run(io, self_test_steps, 2.0, |t| {
                 eprintln!(

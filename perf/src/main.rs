@@ -52,7 +52,8 @@ struct Args {
     /// Seconds of load per trial.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
-    /// Trials of the bisection per backend.
+    /// Values of B the bisection tries per backend (each once, or twice when the first trial
+    /// is behind).
     #[arg(long, default_value_t = 6)]
     steps: usize,
     /// One trial at this B instead of the search.

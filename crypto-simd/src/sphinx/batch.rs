@@ -166,17 +166,7 @@ pub fn build_packets_on<R: CryptoRng + ?Sized, B: AsMut<[u8]>>(
     outs: &mut [B],
     results: &mut [Result<(), BuildError>],
 ) -> Result<(), LengthMismatch> {
-    if requests.len() != outs.len() || outs.len() != results.len() {
-        return Err(LengthMismatch);
-    }
-    for ((requests, outs), results) in requests
-        .chunks(BUILD_CHUNK)
-        .zip(outs.chunks_mut(BUILD_CHUNK))
-        .zip(results.chunks_mut(BUILD_CHUNK))
-    {
-        build_chunk(backend, requests, rng, outs, results, Body::Encrypted);
-    }
-    Ok(())
+    build_all(backend, requests, rng, outs, results, Body::Encrypted)
 }
 
 /// Builds a batch of drop-cover packets: headers exactly as [`build_packets`] makes them,
@@ -192,6 +182,18 @@ pub fn build_cover_packets<R: CryptoRng + ?Sized, B: AsMut<[u8]>>(
     outs: &mut [B],
     results: &mut [Result<(), BuildError>],
 ) -> Result<(), LengthMismatch> {
+    build_all(selected(), requests, rng, outs, results, Body::Random)
+}
+
+/// Builds every request, [`BUILD_CHUNK`] at a time.
+fn build_all<R: CryptoRng + ?Sized, B: AsMut<[u8]>>(
+    backend: Backend,
+    requests: &[PacketRequest<'_>],
+    rng: &mut R,
+    outs: &mut [B],
+    results: &mut [Result<(), BuildError>],
+    body: Body,
+) -> Result<(), LengthMismatch> {
     if requests.len() != outs.len() || outs.len() != results.len() {
         return Err(LengthMismatch);
     }
@@ -200,7 +202,7 @@ pub fn build_cover_packets<R: CryptoRng + ?Sized, B: AsMut<[u8]>>(
         .zip(outs.chunks_mut(BUILD_CHUNK))
         .zip(results.chunks_mut(BUILD_CHUNK))
     {
-        build_chunk(selected(), requests, rng, outs, results, Body::Random);
+        build_chunk(backend, requests, rng, outs, results, body);
     }
     Ok(())
 }
