@@ -337,7 +337,12 @@ fn ipv4_ipv6_and_dual_stack_nodes_make_one_network() {
     assert_eq!(net.nodes[2].addrs().len(), 2);
     // every pair, IPv4 to IPv6 included, through mixes that can reach each other
     deliver(&net, 30);
-    std::thread::sleep(Duration::from_secs(2));
+    // at a loop rate of 1/s, with shaping replacing up to 3 loop slots in 4 while messages
+    // arrive, a node's first loop may leave seconds after the deliveries: wait for it
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while net.nodes.iter().any(|n| n.counters().loops_returned == 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for (i, node) in net.nodes.iter().enumerate() {
         let c = node.counters();
         assert!(
