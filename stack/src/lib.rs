@@ -23,6 +23,7 @@ use engine::{Engine, EpochKeys, Event, InstallError, Paths, Transmit};
 use scheduler::Timestamp;
 
 pub mod messenger;
+pub mod services;
 pub mod sim;
 
 /// How often loop outcomes and reliabilities go up.

@@ -22,6 +22,7 @@ use scheduler::Timestamp;
 use anon::{Messenger, MessengerConfig};
 use engine::{Engine, EngineConfig, EpochKeys, ReplayFilter};
 
+use crate::services::{STORAGE_ROLE, Served, StorageService};
 use crate::{Raw, Stack, Upper};
 
 /// What the links do to datagrams. Probabilities are per datagram.
@@ -149,7 +150,16 @@ impl Sim<Raw> {
     /// `n` engines emitting `rate` packets a second each, under `params`, on links `link`.
     /// Everything random comes from `seed`.
     pub fn new(n: usize, seed: u64, params: NetworkParams, rate: f64, link: LinkModel) -> Self {
-        Sim::build(n, seed, params, rate, link, &|_| {}, |_, _| Raw::default())
+        Sim::build(
+            n,
+            seed,
+            params,
+            rate,
+            link,
+            &|_| {},
+            &|_| vec![],
+            |_, _, _| Raw::default(),
+        )
     }
 
     /// [`Sim::new`] with every engine's configuration changed by `tweak` (small pools and
@@ -162,7 +172,16 @@ impl Sim<Raw> {
         link: LinkModel,
         tweak: &dyn Fn(&mut EngineConfig),
     ) -> Self {
-        Sim::build(n, seed, params, rate, link, tweak, |_, _| Raw::default())
+        Sim::build(
+            n,
+            seed,
+            params,
+            rate,
+            link,
+            tweak,
+            &|_| vec![],
+            |_, _, _| Raw::default(),
+        )
     }
 }
 
@@ -177,13 +196,16 @@ impl Sim<Messenger> {
     ) -> Self {
         let own_rate =
             f64::from(params.rho_permille) / 1000.0 * rate / f64::from(params.hops.max(1));
-        Sim::build(n, seed, params, rate, link, &|_| {}, |identity, seed| {
-            let config = MessengerConfig {
-                own_rate,
-                ..MessengerConfig::default()
-            };
-            Messenger::new(identity.clone(), config, seed)
-        })
+        Sim::build(
+            n,
+            seed,
+            params,
+            rate,
+            link,
+            &|_| {},
+            &|_| vec![],
+            |_, identity, seed| Messenger::new(identity.clone(), messenger_config(own_rate), seed),
+        )
     }
 
     /// Node `i`'s messenger.
@@ -203,10 +225,83 @@ impl Sim<Messenger> {
     }
 }
 
+/// The messenger configuration of the simulated nodes: own data at `own_rate`.
+fn messenger_config(own_rate: f64) -> MessengerConfig {
+    MessengerConfig {
+        own_rate,
+        ..MessengerConfig::default()
+    }
+}
+
+impl Sim<Served> {
+    #[allow(clippy::too_many_arguments)]
+    /// `n` nodes with a messenger each, as [`Sim::messengers`]; the nodes in `providers`
+    /// are storage providers (their descriptors list [`STORAGE_ROLE`]), each with a block
+    /// store of `limits` in its own directory under `dir`.
+    pub fn served(
+        n: usize,
+        seed: u64,
+        params: NetworkParams,
+        rate: f64,
+        link: LinkModel,
+        providers: &[usize],
+        dir: &std::path::Path,
+        limits: storage::Limits,
+    ) -> Result<Self, storage::store::StoreError> {
+        let own_rate =
+            f64::from(params.rho_permille) / 1000.0 * rate / f64::from(params.hops.max(1));
+        let mut failed = None;
+        let sim = Sim::build(
+            n,
+            seed,
+            params,
+            rate,
+            link,
+            &|_| {},
+            &|i| {
+                if providers.contains(&i) {
+                    vec![STORAGE_ROLE.to_string()]
+                } else {
+                    vec![]
+                }
+            },
+            |i, identity, seed| {
+                let m = Messenger::new(identity.clone(), messenger_config(own_rate), seed);
+                if !providers.contains(&i) {
+                    return Served::client(m);
+                }
+                match storage::BlockStore::open(&dir.join(format!("provider-{i}")), limits) {
+                    Ok(store) => Served::provider(m, storage::Provider::new(store)),
+                    Err(e) => {
+                        failed = Some(e);
+                        Served::client(m)
+                    }
+                }
+            },
+        );
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(sim),
+        }
+    }
+
+    /// Node `i`'s messenger.
+    pub fn messenger(&mut self, i: usize) -> &mut Messenger {
+        &mut self.nodes[i].stack.upper_mut().messenger
+    }
+
+    /// Node `i`'s storage service, if it provides one.
+    pub fn storage(&self, i: usize) -> Option<&StorageService> {
+        self.nodes[i].stack.upper().storage.as_ref()
+    }
+}
+
 impl<U: Upper> Sim<U> {
     /// `n` nodes emitting `rate` packets a second each, under `params`, on links `link`,
-    /// their engines configured by `tweak` after the defaults, each with the upper layer
-    /// `make(identity, seed)` gives. Everything random comes from `seed`.
+    /// their engines configured by `tweak` after the defaults, node i listing the services
+    /// `services(i)` in its descriptor, each with the upper layer `make(i, identity, seed)`
+    /// gives. Everything random comes from `seed`.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         n: usize,
         seed: u64,
@@ -214,7 +309,8 @@ impl<U: Upper> Sim<U> {
         rate: f64,
         link: LinkModel,
         tweak: &dyn Fn(&mut EngineConfig),
-        mut make: impl FnMut(&IdentitySecret, [u8; 32]) -> U,
+        services: &dyn Fn(usize) -> Vec<String>,
+        mut make: impl FnMut(usize, &IdentitySecret, [u8; 32]) -> U,
     ) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let authority = IdentitySecret::generate(&mut rng);
@@ -235,7 +331,7 @@ impl<U: Upper> Sim<U> {
                 bandwidth: rate.max(1.0) as u32,
                 roles: Roles {
                     mix: true,
-                    services: vec![],
+                    services: services(i),
                 },
                 mix_keys: MixKeys {
                     first_epoch: 0,
@@ -278,7 +374,7 @@ impl<U: Upper> Sim<U> {
             };
             let mut upper_seed = [0u8; 32];
             rng.fill_bytes(&mut upper_seed);
-            let mut stack = Stack::new(engine, make(&identity, upper_seed));
+            let mut stack = Stack::new(engine, make(i, &identity, upper_seed));
             let keys = EpochKeys {
                 consensus: Arc::clone(&verified),
                 secret: mix,

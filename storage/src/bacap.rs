@@ -33,8 +33,11 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 pub const BOX_ID_LEN: usize = 32;
 /// Bytes of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
-/// Bytes of a stored block: every block has this size, whatever it carries.
-pub const BLOCK_LEN: usize = 1024;
+/// Bytes of a stored block: every block has this size, whatever it carries. Chosen so that
+/// a GET's response (110 bytes besides the block, [`crate::protocol::RESPONSE_LEN`]) is one
+/// coded symbol of a reply through SURBs: 950 bytes at the default 1,452-byte packets. A
+/// block carries one symbol of a message and its header.
+pub const BLOCK_LEN: usize = 832;
 /// The most plaintext one block carries (two bytes hold its length).
 pub const PLAINTEXT_MAX: usize = BLOCK_LEN - 2;
 /// Bytes of an encoded capability (either kind).

@@ -12,6 +12,11 @@ use crate::bacap::{BLOCK_LEN, BOX_ID_LEN, BoxId, SIGNATURE_LEN};
 pub const VERSION: u8 = 1;
 /// The storage service.
 pub const SERVICE_STORAGE: u8 = 1;
+/// The name a provider of the storage service lists among its roles in its descriptor.
+pub const STORAGE_ROLE: &str = "storage";
+/// The messenger port requests to a service provider are sent to (and its responses come
+/// back on).
+pub const SERVICE_PORT: u16 = 0xfff0;
 /// Bytes of the tag a client picks and the response echoes.
 pub const TAG_LEN: usize = 8;
 /// Bytes before the operation's own fields: version, service, tag, operation, box ID.
