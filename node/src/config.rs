@@ -21,6 +21,13 @@ passive = false                  # true: send and receive without registering or
 on_loop_collapse = "withdraw"    # loops stop returning (an (n-1) attack?): withdraw | report
 api_socket = "api.sock"          # the local API (Unix socket, mode 0600), relative to key_dir; "off" to disable
 
+# optional: be a storage provider, where senders park messages for offline recipients
+# [storage]
+# dir = "storage"                # the block store (redb), relative to this file
+# max_blocks = 1048576           # blocks held at most (832 bytes each: about 1 GiB in all)
+# reserve_mib = 256              # refuse new blocks while the disk has less free than this
+# retention_epochs = 1008        # how long a block is kept: two weeks at 20-minute epochs
+
 # each authority's key as `mixed dirauth --print-key --config <its file>` prints it
 [[authorities]]
 identity = "0000000000000000000000000000000000000000000000000000000000000000"
@@ -47,7 +54,33 @@ struct FileConfig {
     on_loop_collapse: OnCollapse,
     #[serde(default = "default_api_socket")]
     api_socket: String,
+    #[serde(default)]
+    storage: Option<FileStorage>,
     authorities: Vec<AuthorityEndpoint>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    #[serde(default = "default_storage_dir")]
+    dir: PathBuf,
+    max_blocks: Option<u64>,
+    reserve_mib: Option<u64>,
+    retention_epochs: Option<u64>,
+}
+
+fn default_storage_dir() -> PathBuf {
+    "storage".into()
+}
+
+/// A storage provider's configuration (`[storage]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The block store's directory.
+    pub dir: PathBuf,
+    /// Its limits.
+    pub limits: storage::Limits,
 }
 
 /// `on_loop_collapse`.
@@ -107,6 +140,8 @@ pub struct NodeConfig {
     pub on_loop_collapse: engine::AlertPolicy,
     /// Where to serve the local API (a Unix socket, mode 0600), or `None`.
     pub api_socket: Option<PathBuf>,
+    /// The storage service this node provides, if any.
+    pub storage: Option<StorageConfig>,
     /// The directory authorities.
     pub authorities: Vec<AuthorityEndpoint>,
 }
@@ -182,6 +217,20 @@ impl NodeConfig {
                 OnCollapse::Withdraw => engine::AlertPolicy::Withdraw,
                 OnCollapse::Report => engine::AlertPolicy::Report,
             },
+            storage: file.storage.map(|st| {
+                let d = storage::Limits::default();
+                StorageConfig {
+                    dir: base.join(st.dir),
+                    limits: storage::Limits {
+                        max_blocks: st.max_blocks.unwrap_or(d.max_blocks),
+                        max_markers: st.max_blocks.unwrap_or(d.max_markers),
+                        reserve_bytes: st
+                            .reserve_mib
+                            .map_or(d.reserve_bytes, |m| m.saturating_mul(1 << 20)),
+                        retention_epochs: st.retention_epochs.unwrap_or(d.retention_epochs),
+                    },
+                }
+            }),
             authorities: file.authorities,
         };
         config.validate()?;
@@ -205,6 +254,20 @@ impl NodeConfig {
         }
         for a in &self.authorities {
             pki_client::client::check_url(&a.url).map_err(ConfigError::Value)?;
+        }
+        if let Some(st) = &self.storage {
+            if st.limits.max_blocks == 0 || st.limits.retention_epochs == 0 {
+                return Err(ConfigError::Value(
+                    "storage: max_blocks and retention_epochs must be at least 1".into(),
+                ));
+            }
+            if self.passive {
+                return Err(ConfigError::Value(
+                    "storage: a storage provider is listed in the consensus, so it cannot be \
+                     passive; set passive = false or remove [storage]"
+                        .into(),
+                ));
+            }
         }
         if self.advertise.len() > 4 {
             return Err(ConfigError::Value(

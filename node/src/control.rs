@@ -35,6 +35,8 @@ pub(crate) struct Control {
     /// The families its sockets send on.
     pub(crate) families: engine::Families,
     pub(crate) bandwidth: f64,
+    /// The services this node provides, listed in its descriptor.
+    pub(crate) services: Vec<String>,
     pub(crate) presence: Arc<Presence>,
     pub(crate) service: SyncSender<Input>,
     pub(crate) senders: Vec<Sender<Command>>,
@@ -353,7 +355,7 @@ impl Control {
             bandwidth: self.presence.bandwidth().min(self.bandwidth).max(1.0) as u32,
             roles: Roles {
                 mix: true,
-                services: vec![],
+                services: self.services.clone(),
             },
             mix_keys: MixKeys { first_epoch, keys },
         }

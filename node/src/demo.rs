@@ -181,6 +181,7 @@ impl LocalNetwork {
                 passive: false,
                 on_loop_collapse: engine::AlertPolicy::Withdraw,
                 api_socket: Some(dir.0.join(format!("node-{i}")).join("api.sock")),
+                storage: None,
                 authorities: endpoints.clone(),
             };
             nodes.push(Node::start(config)?);

@@ -51,6 +51,15 @@ pub struct Metrics {
     /// Cores whose loops collapsed (high-alert mode), and alarms raised so far.
     in_alert: AtomicU64,
     alerts: AtomicU64,
+    storage: Mutex<Option<StorageReport>>,
+}
+
+/// What a storage provider reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StorageReport {
+    pub(crate) stats: storage::store::Stats,
+    pub(crate) answers: storage::provider::Counts,
+    pub(crate) service: stack::services::ServiceCounts,
 }
 
 const NO_EPOCH: u64 = u64::MAX;
@@ -80,11 +89,21 @@ impl Metrics {
             clock_skew: std::sync::atomic::AtomicI64::new(0),
             in_alert: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
+            storage: Mutex::new(None),
         }
     }
 
     pub(crate) fn set_messenger(&self, c: anon::MessengerCounters) {
         *self.messenger.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    pub(crate) fn set_storage(&self, r: StorageReport) {
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    }
+
+    /// The storage provider's report, on a provider.
+    pub(crate) fn storage(&self) -> Option<StorageReport> {
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn count_undeliverable(&self) {
@@ -403,6 +422,27 @@ impl Metrics {
             "Replay tags not written to the journal (queue full, write failed): after a crash their packets could be replayed once.",
             &[("", self.replay_unsaved.load(Ordering::Relaxed))],
         );
+        if let Some(st) = self.storage() {
+            let by_status: Vec<(String, u64)> = storage::Status::ALL
+                .iter()
+                .map(|s| (format!("{{status=\"{}\"}}", s.name()), st.answers.get(*s)))
+                .collect();
+            let by_status: Vec<(&str, u64)> =
+                by_status.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            counter(
+                "storage_requests_total",
+                "Storage requests answered, by status (stored, found, empty, deleted, or why refused).",
+                &by_status,
+            );
+            counter(
+                "storage_unanswered_total",
+                "Storage requests left without their response, by reason.",
+                &[
+                    ("{reason=\"no_surbs\"}", st.service.no_surbs),
+                    ("{reason=\"reply_failed\"}", st.service.reply_failed),
+                ],
+            );
+        }
         let buckets = ["1", "3", "7", "15", "31", "63", "+Inf"];
         let _ = writeln!(
             out,
@@ -422,6 +462,23 @@ impl Metrics {
                 "# HELP mixed_{name} {help}\n# TYPE mixed_{name} gauge\nmixed_{name} {v}"
             );
         };
+        if let Some(st) = self.storage() {
+            for (name, help, v) in [
+                ("storage_blocks", "Blocks the store holds.", st.stats.blocks),
+                (
+                    "storage_bytes",
+                    "Bytes of the blocks the store holds.",
+                    st.stats.bytes,
+                ),
+                (
+                    "storage_markers",
+                    "Tombstone and expiry markers the store holds.",
+                    st.stats.markers,
+                ),
+            ] {
+                gauge(&mut out, name, help, v as f64);
+            }
+        }
         gauge(
             &mut out,
             "held_packets",

@@ -69,6 +69,9 @@ pub enum NodeError {
     /// An application call of the demo failed.
     #[error("API: {0}")]
     Api(#[from] anon::local::ApiError),
+    /// The storage provider's block store could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] storage::store::StoreError),
 }
 
 struct Core {
@@ -116,6 +119,17 @@ impl Node {
         let keys = KeyDir::open(&config.key_dir)?;
         let identity = keys.identity()?;
         let node_id = identity.public().node_id();
+        // opened first: a store that cannot be read stops the start with a clear error
+        let storage = match &config.storage {
+            Some(st) => Some(stack::services::StorageService::new(
+                storage::Provider::new(storage::BlockStore::open(&st.dir, st.limits)?),
+            )),
+            None => None,
+        };
+        let services: Vec<String> = storage
+            .iter()
+            .map(|_| stack::services::STORAGE_ROLE.to_string())
+            .collect();
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(Metrics::new(config.cores));
@@ -232,7 +246,7 @@ impl Node {
         let forwarding_senders = senders.clone();
         let mut service_seed = [0u8; 32];
         getrandom::fill(&mut service_seed)?;
-        let service = Service::new(
+        let mut service = Service::new(
             identity.clone(),
             service_rx,
             Arc::clone(&own),
@@ -248,6 +262,7 @@ impl Node {
             Arc::clone(&stop),
             service_seed,
         );
+        service.storage = storage;
         let service_thread = std::thread::Builder::new()
             .name("mixed-messenger".into())
             .spawn(move || service.run())?;
@@ -261,6 +276,7 @@ impl Node {
                     addrs: control_addrs,
                     families,
                     bandwidth,
+                    services,
                     presence: control_presence,
                     service: control_service,
                     senders,

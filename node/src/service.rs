@@ -201,6 +201,8 @@ pub(crate) struct Service {
     backlog: HashMap<AppId, VecDeque<MessengerEvent>>,
     /// Each core's latest reliabilities.
     reliability: HashMap<usize, Vec<([u8; 32], f64)>>,
+    /// The storage service, on a provider: requests to it never reach an application.
+    pub(crate) storage: Option<stack::services::StorageService>,
 }
 
 impl Service {
@@ -238,6 +240,7 @@ impl Service {
             held_bytes: 0,
             backlog: HashMap::new(),
             reliability: HashMap::new(),
+            storage: None,
         }
     }
 
@@ -314,7 +317,24 @@ impl Service {
                 }
             }
             while let Some(e) = self.messenger.poll_event() {
-                self.route(e);
+                match (e, &mut self.storage) {
+                    (MessengerEvent::Received(r), Some(s))
+                        if r.port == stack::services::SERVICE_PORT =>
+                    {
+                        s.answer(&mut self.messenger, r);
+                    }
+                    (e, _) => self.route(e),
+                }
+            }
+            if let Some(s) = &mut self.storage {
+                if let Err(e) = s.upkeep() {
+                    tracing::error!(error = %e, "storage: the retention sweep failed");
+                }
+                self.metrics.set_storage(crate::metrics::StorageReport {
+                    stats: s.provider().store().stats(),
+                    answers: s.provider().counts(),
+                    service: s.counts(),
+                });
             }
             self.flush();
             self.metrics
@@ -342,6 +362,9 @@ impl Service {
                 );
             }
             Input::Epoch { paths, own_rate } => {
+                if let Some(s) = &mut self.storage {
+                    s.set_epoch(paths.epoch());
+                }
                 self.messenger.set_paths(paths);
                 self.messenger.set_own_rate(own_rate);
             }

@@ -201,6 +201,7 @@ fn socketanon_binds_unbinds_and_closeanon_erases_the_mix_keys() {
         passive: true,
         on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
+        storage: None,
         authorities: net.endpoints.clone(),
     };
     let socket = socketanon(SocketParams { config, port: 1 }).unwrap();

@@ -238,6 +238,25 @@ fn bad_configuration_and_key_files_are_clear_errors() {
     .unwrap();
     let err = NodeConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("bandwidth"), "{err}");
+    // [storage]: out of range, unknown keys, a passive provider, a store that cannot open
+    let base = format!(
+        "key_dir = \"k\"\nlisten = \"127.0.0.1:0\"\nbandwidth = 10\n{{}}\n[[authorities]]\nidentity = \"{}\"\nurl = \"http://127.0.0.1:9\"\n",
+        "ab".repeat(32)
+    );
+    for (storage, want) in [
+        ("[storage]\nmax_blocks = 0", "max_blocks"),
+        ("[storage]\nretention_epochs = 0", "retention_epochs"),
+        ("[storage]\nmax_block = 5", "unknown field"),
+        ("passive = true\n[storage]", "cannot be passive"),
+    ] {
+        std::fs::write(&path, base.replace("{}", storage)).unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains(want), "{storage}: {err}");
+    }
+    std::fs::write(&path, base.replace("{}", "[storage]\ndir = \"blocks\"")).unwrap();
+    let st = NodeConfig::load(&path).unwrap().storage.unwrap();
+    assert_eq!(st.dir, dir.join("blocks"));
+    assert_eq!(st.limits, storage::Limits::default());
     let err = NodeConfig::load(&dir.join("missing.toml"))
         .unwrap_err()
         .to_string();
@@ -258,6 +277,7 @@ fn bad_configuration_and_key_files_are_clear_errors() {
         passive: true,
         on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
+        storage: None,
         authorities: vec![pki_client::AuthorityEndpoint {
             identity: pki_client::IdentityKey([1; 32]),
             url: "http://127.0.0.1:9".into(),
@@ -277,6 +297,20 @@ fn bad_configuration_and_key_files_are_clear_errors() {
         .to_string();
     assert!(
         err.contains("identity.key") && err.contains("unreadable"),
+        "{err}"
+    );
+    // a block store that cannot be opened stops the start, naming the store
+    std::fs::remove_dir(keys.join("identity.key")).unwrap();
+    std::fs::write(dir.join("not-a-dir"), "x").unwrap();
+    let mut with_storage = config(keys.clone());
+    with_storage.passive = false;
+    with_storage.storage = Some(node::config::StorageConfig {
+        dir: dir.join("not-a-dir"),
+        limits: storage::Limits::default(),
+    });
+    let err = node::Node::start(with_storage).unwrap_err().to_string();
+    assert!(
+        err.contains("storage") && err.contains("not-a-dir"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -379,6 +413,7 @@ fn a_nodes_port_is_its_own() {
         passive: true,
         on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
+        storage: None,
         authorities: net.endpoints.clone(),
     };
     let err = node::Node::start(config.clone()).unwrap_err().to_string();

@@ -425,6 +425,7 @@ impl NodeTemplate {
             passive: false,
             on_loop_collapse: engine::AlertPolicy::Report,
             api_socket: None,
+            storage: None,
             authorities: self.endpoints.clone(),
         }
     }
