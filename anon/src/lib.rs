@@ -12,6 +12,7 @@ pub mod identity;
 pub mod latency;
 pub mod local;
 pub mod messenger;
+pub mod offline;
 pub mod wire;
 
 pub use messenger::{

@@ -14,7 +14,7 @@ use crate::messenger::{MessengerEvent, SendOptions};
 use crate::wire::MessageId;
 
 /// The framing's version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// The magic a HELLO starts with.
 pub const MAGIC: [u8; 4] = *b"MIXD";
 /// The largest frame: a 1 MiB message, 64 reply SURBs and headers.
@@ -196,6 +196,8 @@ pub enum Frame {
         handle: Vec<u8>,
         /// The data.
         data: Vec<u8>,
+        /// Collected from storage providers (sent while this node was offline).
+        stored: bool,
     },
     /// Node: a message was acknowledged.
     Acknowledged {
@@ -206,6 +208,16 @@ pub enum Frame {
     },
     /// Node: the recipient seems offline.
     Offline {
+        /// The message.
+        id: MessageId,
+    },
+    /// Node: the recipient seems offline; the message was parked at storage providers.
+    Stored {
+        /// The message.
+        id: MessageId,
+    },
+    /// Node: the recipient collected a stored message.
+    Delivered {
         /// The message.
         id: MessageId,
     },
@@ -236,6 +248,8 @@ const T_ACKED: u8 = 0x85;
 const T_OFFLINE: u8 = 0x86;
 const T_UNDELIVERED: u8 = 0x87;
 const T_ALERT: u8 = 0x88;
+const T_STORED: u8 = 0x89;
+const T_DELIVERED: u8 = 0x8a;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -391,11 +405,16 @@ impl Frame {
                 in_reply_to,
                 handle,
                 data,
+                stored,
             } => {
                 b.push(T_MESSAGE);
                 b.extend_from_slice(id);
                 b.extend_from_slice(&port.to_be_bytes());
-                b.push(u8::from(sender.is_some()) | (u8::from(in_reply_to.is_some()) << 1));
+                b.push(
+                    u8::from(sender.is_some())
+                        | (u8::from(in_reply_to.is_some()) << 1)
+                        | (u8::from(*stored) << 2),
+                );
                 if let Some(s) = sender {
                     b.extend_from_slice(s);
                 }
@@ -412,6 +431,14 @@ impl Frame {
             }
             Frame::Offline { id } => {
                 b.push(T_OFFLINE);
+                b.extend_from_slice(id);
+            }
+            Frame::Stored { id } => {
+                b.push(T_STORED);
+                b.extend_from_slice(id);
+            }
+            Frame::Delivered { id } => {
+                b.push(T_DELIVERED);
                 b.extend_from_slice(id);
             }
             Frame::Undelivered { id, reason } => {
@@ -506,6 +533,9 @@ impl Frame {
                 let flags = c.u8()?;
                 let sender = if flags & 1 != 0 { Some(c.arr()?) } else { None };
                 let in_reply_to = if flags & 2 != 0 { Some(c.arr()?) } else { None };
+                if flags & !7 != 0 {
+                    return Err(FrameError::Malformed("unknown message flags"));
+                }
                 Frame::Message {
                     id,
                     port,
@@ -513,6 +543,7 @@ impl Frame {
                     in_reply_to,
                     handle: c.bytes32()?,
                     data: c.bytes32()?,
+                    stored: flags & 4 != 0,
                 }
             }
             T_ACKED => Frame::Acknowledged {
@@ -520,6 +551,8 @@ impl Frame {
                 attempts: c.u8()?,
             },
             T_OFFLINE => Frame::Offline { id: c.arr()? },
+            T_STORED => Frame::Stored { id: c.arr()? },
+            T_DELIVERED => Frame::Delivered { id: c.arr()? },
             T_UNDELIVERED => Frame::Undelivered {
                 id: c.arr()?,
                 reason: String::from_utf8_lossy(&c.bytes32()?).into_owned(),
@@ -545,12 +578,15 @@ impl Frame {
                 in_reply_to: r.in_reply_to,
                 handle: r.reply.as_ref().map(|h| h.to_bytes()).unwrap_or_default(),
                 data: r.data.clone(),
+                stored: r.stored,
             },
             MessengerEvent::Acknowledged { id, attempts } => Frame::Acknowledged {
                 id: *id,
                 attempts: *attempts,
             },
             MessengerEvent::Offline { id } => Frame::Offline { id: *id },
+            MessengerEvent::Stored { id } => Frame::Stored { id: *id },
+            MessengerEvent::Delivered { id } => Frame::Delivered { id: *id },
             MessengerEvent::Undelivered { id, reason } => Frame::Undelivered {
                 id: *id,
                 reason: reason.to_string(),
@@ -680,7 +716,19 @@ mod tests {
                 in_reply_to: None,
                 handle: vec![],
                 data: vec![9; 10],
+                stored: false,
             },
+            Frame::Message {
+                id: [3; 16],
+                port: 2,
+                sender: None,
+                in_reply_to: Some([1; 16]),
+                handle: vec![1, 2],
+                data: vec![8; 3],
+                stored: true,
+            },
+            Frame::Stored { id: [7; 16] },
+            Frame::Delivered { id: [8; 16] },
             Frame::Acknowledged {
                 id: [4; 16],
                 attempts: 2,

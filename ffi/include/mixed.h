@@ -72,6 +72,13 @@
 // Event kind: high-alert mode ends: loops return again.
 #define MIXED_EVENT_ALERT_OVER 6
 
+// Event kind: the recipient seems offline, so the message was parked at storage
+// providers; `MIXED_EVENT_DELIVERED` follows once the recipient collects it.
+#define MIXED_EVENT_STORED 7
+
+// Event kind: the recipient collected a stored message and confirmed it.
+#define MIXED_EVENT_DELIVERED 8
+
 // A session with a node (opaque).
 //
 // Every call reaches it through a shared reference: the client is behind a lock taken
@@ -124,6 +131,9 @@ typedef struct mixed_event {
   uint8_t attempts;
   // Why (undelivered), NUL-terminated.
   const char *reason;
+  // Nonzero when the message was collected from storage providers (sent while this node
+  // was offline).
+  uint8_t stored;
 } mixed_event;
 
 // Called for each event; return nonzero to stop receiving.

@@ -74,6 +74,11 @@ pub const MIXED_EVENT_UNDELIVERED: i32 = 4;
 pub const MIXED_EVENT_ALERT: i32 = 5;
 /// Event kind: high-alert mode ends: loops return again.
 pub const MIXED_EVENT_ALERT_OVER: i32 = 6;
+/// Event kind: the recipient seems offline, so the message was parked at storage
+/// providers; `MIXED_EVENT_DELIVERED` follows once the recipient collects it.
+pub const MIXED_EVENT_STORED: i32 = 7;
+/// Event kind: the recipient collected a stored message and confirmed it.
+pub const MIXED_EVENT_DELIVERED: i32 = 8;
 
 /// A session with a node (opaque).
 ///
@@ -138,6 +143,9 @@ pub struct MixedEvent {
     pub attempts: u8,
     /// Why (undelivered), NUL-terminated.
     pub reason: *const c_char,
+    /// Nonzero when the message was collected from storage providers (sent while this node
+    /// was offline).
+    pub stored: u8,
 }
 
 /// Called for each event; return nonzero to stop receiving.
@@ -432,6 +440,7 @@ fn receive(
                 handle_len: 0,
                 attempts: 0,
                 reason: std::ptr::null(),
+                stored: 0,
             };
             match &frame {
                 Frame::Message {
@@ -441,8 +450,10 @@ fn receive(
                     in_reply_to,
                     handle,
                     data,
+                    stored,
                 } => {
                     ev.kind = MIXED_EVENT_MESSAGE;
+                    ev.stored = u8::from(*stored);
                     ev.id = *id;
                     ev.port = *port;
                     if let Some(k) = sender {
@@ -467,6 +478,14 @@ fn receive(
                 }
                 Frame::Offline { id } => {
                     ev.kind = MIXED_EVENT_OFFLINE;
+                    ev.id = *id;
+                }
+                Frame::Stored { id } => {
+                    ev.kind = MIXED_EVENT_STORED;
+                    ev.id = *id;
+                }
+                Frame::Delivered { id } => {
+                    ev.kind = MIXED_EVENT_DELIVERED;
                     ev.id = *id;
                 }
                 Frame::Alert { raised } => {

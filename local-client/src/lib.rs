@@ -81,6 +81,8 @@ impl Client {
                 other @ (Frame::Message { .. }
                 | Frame::Acknowledged { .. }
                 | Frame::Offline { .. }
+                | Frame::Stored { .. }
+                | Frame::Delivered { .. }
                 | Frame::Undelivered { .. }
                 | Frame::Alert { .. }) => self.pending.push_back(other),
                 _ => return Err(ApiError::new(Code::Protocol, "unexpected frame")),

@@ -287,11 +287,14 @@ pub fn run(options: &LocalOptions, messages: usize) -> Result<DemoReport, NodeEr
         }
         while let Ok(e) = sender.recv(Duration::from_millis(1)) {
             match e {
-                anon::MessengerEvent::Acknowledged { .. } => acked += 1,
+                anon::MessengerEvent::Acknowledged { .. }
+                | anon::MessengerEvent::Delivered { .. } => acked += 1,
                 anon::MessengerEvent::Offline { .. } | anon::MessengerEvent::Undelivered { .. } => {
                     offline += 1
                 }
-                anon::MessengerEvent::Received(_) | anon::MessengerEvent::Alert { .. } => {}
+                anon::MessengerEvent::Received(_)
+                | anon::MessengerEvent::Stored { .. }
+                | anon::MessengerEvent::Alert { .. } => {}
             }
         }
     }

@@ -498,8 +498,21 @@ impl Service {
                     }
                 }
             }
+            // the message stays its application's: Delivered follows
+            MessengerEvent::Stored { id } => {
+                let Some(app) = self.owners.get(&id).copied() else {
+                    return;
+                };
+                let q = self.backlog.entry(app).or_default();
+                if q.len() < APP_QUEUE {
+                    q.push_back(e);
+                } else {
+                    self.metrics.count_undeliverable();
+                }
+            }
             MessengerEvent::Acknowledged { id, .. }
             | MessengerEvent::Offline { id }
+            | MessengerEvent::Delivered { id }
             | MessengerEvent::Undelivered { id, .. } => {
                 let Some(app) = self.owners.remove(&id) else {
                     return;
@@ -600,6 +613,7 @@ mod tests {
             sender: None,
             reply: None,
             in_reply_to: None,
+            stored: false,
         })
     }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use anon::offline::Offline;
 use anon::{Messenger, MessengerEvent, Received};
 use engine::{Event, Paths};
 use scheduler::Timestamp;
@@ -107,14 +108,19 @@ impl StorageService {
     }
 }
 
-/// A node's messenger with the services it provides on top: requests to them are answered
-/// here and never reach the application.
+/// A node's messenger with the services it provides on top (requests to them are answered
+/// here and never reach the application) and its offline layer (messages to contacts that
+/// seem offline are stored at providers; their stored messages to this node collected).
 #[derive(Debug)]
 pub struct Served {
     /// The messenger.
     pub messenger: Messenger,
     /// The storage service, on a provider.
     pub storage: Option<StorageService>,
+    /// The offline layer, when the node stores and collects messages.
+    pub offline: Option<Offline>,
+    /// The latest time the driver gave (events are polled without one).
+    now: Timestamp,
 }
 
 impl Served {
@@ -123,6 +129,8 @@ impl Served {
         Served {
             messenger,
             storage: None,
+            offline: None,
+            now: Timestamp::ZERO,
         }
     }
 
@@ -131,6 +139,23 @@ impl Served {
         Served {
             messenger,
             storage: Some(StorageService::new(provider)),
+            offline: None,
+            now: Timestamp::ZERO,
+        }
+    }
+
+    /// Sends a message: through the offline layer when there is one (so that it is stored
+    /// if its recipient, a contact, seems offline), else through the messenger.
+    pub fn send(
+        &mut self,
+        now: Timestamp,
+        to: [u8; 32],
+        data: &[u8],
+        options: anon::SendOptions,
+    ) -> Result<anon::MessageId, anon::MessageError> {
+        match &mut self.offline {
+            Some(o) => o.send(now, &mut self.messenger, to, data, options),
+            None => self.messenger.send(now, to, data, options),
         }
     }
 }
@@ -139,6 +164,7 @@ impl Upper for Served {
     type Event = MessengerEvent;
 
     fn deliver(&mut self, now: Timestamp, event: Event) {
+        self.now = self.now.max(now);
         self.messenger.handle_event(now, &event);
     }
 
@@ -171,7 +197,11 @@ impl Upper for Served {
     }
 
     fn handle_timeout(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
         self.messenger.handle_timeout(now);
+        if let Some(o) = &mut self.offline {
+            o.poll(now, &mut self.messenger);
+        }
         if let Some(s) = &mut self.storage {
             // a failed sweep is counted; the service keeps answering
             let _ = s.upkeep();
@@ -179,17 +209,38 @@ impl Upper for Served {
     }
 
     fn poll_timeout(&self) -> Option<Timestamp> {
-        self.messenger.poll_timeout()
+        let offline = self.offline.as_ref().and_then(Offline::poll_timeout);
+        [self.messenger.poll_timeout(), offline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn poll_event(&mut self) -> Option<MessengerEvent> {
         loop {
+            if let Some(e) = self.offline.as_mut().and_then(Offline::poll_event) {
+                return Some(e);
+            }
             let e = self.messenger.poll_event()?;
-            match (e, &mut self.storage) {
-                (MessengerEvent::Received(r), Some(s)) if r.port == SERVICE_PORT => {
+            // requests to this provider (responses to this node's requests come back
+            // through its SURBs, with `in_reply_to` set)
+            let e = match (e, &mut self.storage) {
+                (MessengerEvent::Received(r), Some(s))
+                    if r.port == SERVICE_PORT && r.in_reply_to.is_none() =>
+                {
                     s.answer(&mut self.messenger, r);
+                    continue;
                 }
-                (e, _) => return Some(e),
+                (e, _) => e,
+            };
+            let now = self.now;
+            match &mut self.offline {
+                Some(o) => {
+                    if let Some(e) = o.filter(now, &mut self.messenger, e) {
+                        return Some(e);
+                    }
+                }
+                None => return Some(e),
             }
         }
     }

@@ -290,6 +290,23 @@ impl Sim<Served> {
         &mut self.nodes[i].stack.upper_mut().messenger
     }
 
+    /// Gives node `i` an offline layer of `config` with each of `contacts` (node indices)
+    /// as a contact.
+    pub fn offline(&mut self, i: usize, config: anon::offline::OfflineConfig, contacts: &[usize]) {
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let mut o = anon::offline::Offline::new(self.nodes[i].identity.clone(), config, seed);
+        for &c in contacts {
+            o.add_contact(self.nodes[c].identity.public());
+        }
+        self.nodes[i].stack.upper_mut().offline = Some(o);
+    }
+
+    /// Node `i`'s upper layer.
+    pub fn upper(&mut self, i: usize) -> &mut Served {
+        self.nodes[i].stack.upper_mut()
+    }
+
     /// Node `i`'s storage service, if it provides one.
     pub fn storage(&self, i: usize) -> Option<&StorageService> {
         self.nodes[i].stack.upper().storage.as_ref()

@@ -276,10 +276,11 @@ impl Messenger {
             sender,
             reply,
             in_reply_to: inc.in_reply_to,
+            stored: false,
         }));
     }
 
-    fn remember(&mut self, now: Timestamp, id: MessageId, attempt: u8) {
+    pub(super) fn remember(&mut self, now: Timestamp, id: MessageId, attempt: u8) {
         let expires = now.saturating_add(self.config.remember_for);
         self.completed.insert(
             id,

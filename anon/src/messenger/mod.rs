@@ -180,6 +180,21 @@ impl Messenger {
         self.events.push_back(e);
     }
 
+    /// Whether a message of this ID was delivered lately (remembered for
+    /// [`MessengerConfig::remember_for`]): the offline layer delivers each message once,
+    /// whichever way it came.
+    pub fn was_received(&self, id: &MessageId) -> bool {
+        self.completed.contains_key(id)
+    }
+
+    /// Remembers a message delivered by another way (collected from storage), so that its
+    /// direct symbols are ignored and a retry answered with an ACK.
+    pub fn mark_received(&mut self, now: Timestamp, id: MessageId) {
+        if !self.completed.contains_key(&id) {
+            self.remember(now, id, 0);
+        }
+    }
+
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<MessengerEvent> {
         self.events.pop_front()

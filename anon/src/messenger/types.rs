@@ -156,6 +156,9 @@ pub struct Received {
     pub reply: Option<ReplyHandle>,
     /// The message this answers, when it came through reply SURBs this node made.
     pub in_reply_to: Option<MessageId>,
+    /// Whether it was collected from storage providers (sent while this node was offline)
+    /// rather than received directly.
+    pub stored: bool,
 }
 
 /// SURBs to reply to one message with. Each SURB carries one packet; a reply of k source
@@ -213,8 +216,21 @@ pub enum MessengerEvent {
         /// Attempts it took.
         attempts: u8,
     },
-    /// No word from the recipient after every attempt: it seems offline.
+    /// No word from the recipient after every attempt: it seems offline (and the message
+    /// could not be stored for it).
     Offline {
+        /// The message.
+        id: MessageId,
+    },
+    /// No word from the recipient after every attempt, so the message was parked at storage
+    /// providers for it (section 4.6.1); [`MessengerEvent::Delivered`] follows once it
+    /// collected it.
+    Stored {
+        /// The message.
+        id: MessageId,
+    },
+    /// The recipient collected a stored message and confirmed it.
+    Delivered {
         /// The message.
         id: MessageId,
     },

@@ -1,0 +1,214 @@
+//! Offline delivery on the deterministic network (paper section 4.6.1): messages to a
+//! contact that is offline during the sends are parked at storage providers and collected
+//! when it returns, each delivered once, intact, with the sender told `Stored` then
+//! `Delivered`; with one of the two providers dropping everything, still delivered.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anon::offline::OfflineConfig;
+use anon::{MessengerEvent, SendOptions};
+use scheduler::Timestamp;
+use stack::services::Served;
+use stack::sim::{LinkModel, Sim, params};
+use storage::Limits;
+
+fn at(seconds: f64) -> Timestamp {
+    Timestamp::from_nanos((seconds * 1e9) as u64)
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("mixed-offline-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const PROVIDERS: [usize; 2] = [8, 9];
+const SENDER: usize = 0;
+const RECIPIENT: usize = 5;
+
+/// Faster than the defaults, so a test covers minutes of virtual time, not hours.
+fn config() -> OfflineConfig {
+    OfflineConfig {
+        store_rate: 10.0,
+        fetch_rate: 10.0,
+        request_timeout: Duration::from_secs(10),
+        window: 16,
+        idle_poll: Duration::from_secs(5),
+        ..OfflineConfig::default()
+    }
+}
+
+fn net(seed: u64, dir: &Dir) -> Sim<Served> {
+    let limits = Limits {
+        reserve_bytes: 0,
+        ..Limits::default()
+    };
+    let mut sim = Sim::served(
+        10,
+        seed,
+        params(3),
+        200.0,
+        LinkModel::PERFECT,
+        &PROVIDERS,
+        &dir.0,
+        limits,
+    )
+    .unwrap();
+    sim.offline(SENDER, config(), &[RECIPIENT]);
+    sim.offline(RECIPIENT, config(), &[SENDER]);
+    sim
+}
+
+fn message(k: usize) -> Vec<u8> {
+    let mut m = format!("offline message {k}: ").into_bytes();
+    m.resize(40 + (k * 37) % 1500, b'.');
+    m
+}
+
+/// Sends `count` messages while the recipient is down, brings it back once all are
+/// stored, and returns (what the recipient received stored, by ID; the sender's events).
+fn run(seed: u64, dir: &Dir, count: usize, dead_provider: Option<usize>) -> Outcome {
+    let mut sim = net(seed, dir);
+    if let Some(p) = dead_provider {
+        sim.set_down(p, true);
+    }
+    sim.run_until(at(3.0)); // loops measure q
+    sim.set_down(RECIPIENT, true);
+    let to = sim.node_id(RECIPIENT);
+    let mut sent = HashMap::new();
+    for k in 0..count {
+        let now = sim.now();
+        let id = sim
+            .upper(SENDER)
+            .send(now, to, &message(k), SendOptions::default())
+            .unwrap();
+        sent.insert(id, k);
+    }
+    // until every message is stored (or the deadline)
+    let stored_count = |sim: &Sim<Served>| {
+        sim.nodes[SENDER]
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, MessengerEvent::Stored { .. }))
+            .count()
+    };
+    let mut t = 3.0;
+    while stored_count(&sim) < count && t < 900.0 {
+        t += 5.0;
+        sim.run_until(at(t));
+    }
+    let stored_at = t;
+    // back online a while later
+    t += 10.0;
+    sim.run_until(at(t));
+    sim.set_down(RECIPIENT, false);
+    let received = |sim: &Sim<Served>| {
+        sim.nodes[RECIPIENT]
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, MessengerEvent::Received(r) if r.stored))
+            .count()
+    };
+    let back_at = t;
+    while received(&sim) < count && t < back_at + 900.0 {
+        t += 5.0;
+        sim.run_until(at(t));
+    }
+    // and the receipts back to the sender
+    sim.run_until(at(t + 20.0));
+    let mut got: HashMap<[u8; 16], Vec<Vec<u8>>> = HashMap::new();
+    for (_, e) in &sim.nodes[RECIPIENT].events {
+        if let MessengerEvent::Received(r) = e {
+            got.entry(r.id).or_default().push(r.data.clone());
+        }
+    }
+    let sender_events: Vec<MessengerEvent> = sim.nodes[SENDER]
+        .events
+        .iter()
+        .map(|(_, e)| e.clone())
+        .collect();
+    let counters = *sim.upper(SENDER).offline.as_ref().unwrap().counters();
+    let recipient = *sim.upper(RECIPIENT).offline.as_ref().unwrap().counters();
+    eprintln!(
+        "seed {seed}: stored by {stored_at} s, back at {back_at} s, done at {t} s; \
+         sender {counters:?}; recipient {recipient:?}"
+    );
+    Outcome {
+        sent,
+        got,
+        sender_events,
+    }
+}
+
+struct Outcome {
+    sent: HashMap<[u8; 16], usize>,
+    got: HashMap<[u8; 16], Vec<Vec<u8>>>,
+    sender_events: Vec<MessengerEvent>,
+}
+
+impl Outcome {
+    /// Messages delivered intact, checking that none came twice or altered.
+    fn intact(&self) -> usize {
+        let mut n = 0;
+        for (id, k) in &self.sent {
+            if let Some(copies) = self.got.get(id) {
+                assert_eq!(
+                    copies.len(),
+                    1,
+                    "message {k} delivered {} times",
+                    copies.len()
+                );
+                assert_eq!(copies[0], message(*k), "message {k} altered");
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn count(&self, f: impl Fn(&MessengerEvent) -> bool) -> usize {
+        self.sender_events.iter().filter(|e| f(e)).count()
+    }
+}
+
+#[test]
+fn messages_to_an_offline_contact_are_stored_and_collected_when_it_returns() {
+    let dir = Dir::new("both");
+    let o = run(41, &dir, 200, None);
+    let intact = o.intact();
+    assert!(intact * 1000 >= 200 * 999, "{intact} of 200 delivered");
+    // the sender heard Stored, never Offline, then Delivered for each
+    assert_eq!(o.count(|e| matches!(e, MessengerEvent::Stored { .. })), 200);
+    assert_eq!(o.count(|e| matches!(e, MessengerEvent::Offline { .. })), 0);
+    assert_eq!(
+        o.count(|e| matches!(e, MessengerEvent::Delivered { .. })),
+        intact
+    );
+}
+
+#[test]
+fn with_one_of_two_providers_dropping_everything_messages_still_arrive() {
+    let dir = Dir::new("one-dead");
+    let o = run(42, &dir, 200, Some(PROVIDERS[1]));
+    let intact = o.intact();
+    assert!(intact * 100 >= 200 * 99, "{intact} of 200 delivered");
+    assert_eq!(o.count(|e| matches!(e, MessengerEvent::Offline { .. })), 0);
+}
