@@ -82,6 +82,7 @@ struct Core {
 /// A running node.
 pub struct Node {
     node_id: [u8; 32],
+    identity_key: pki_client::IdentityKey,
     pub(crate) service: SyncSender<Input>,
     service_thread: Option<JoinHandle<()>>,
     local: Option<crate::local::LocalServer>,
@@ -118,7 +119,8 @@ impl Node {
         config.validate()?;
         let keys = KeyDir::open(&config.key_dir)?;
         let identity = keys.identity()?;
-        let node_id = identity.public().node_id();
+        let identity_key = identity.public();
+        let node_id = identity_key.node_id();
         // opened first: a store that cannot be read stops the start with a clear error
         let storage = match &config.storage {
             Some(st) => Some(stack::services::StorageService::new(
@@ -300,6 +302,7 @@ impl Node {
         }
         let mut node = Node {
             node_id,
+            identity_key,
             service: service_tx,
             service_thread: Some(service_thread),
             local: None,
@@ -367,6 +370,21 @@ impl Node {
     /// The node's clock.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// The node's identity key (what others add as a contact; its hash is the node ID).
+    pub fn identity_key(&self) -> pki_client::IdentityKey {
+        self.identity_key
+    }
+
+    /// Adds a contact (by its identity key): a message to it that gets no ACK after every
+    /// attempt is stored at storage providers (`Stored`, then `Delivered`), and its stored
+    /// messages to this node are collected (docs/storage.md). Contacts live in memory for
+    /// now: add them again after a restart.
+    pub fn add_contact(&self, identity: pki_client::IdentityKey) -> Result<(), NodeError> {
+        self.service
+            .try_send(crate::service::Input::Contact(identity))
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// The epoch installed on the cores, if any.

@@ -172,6 +172,9 @@ pub(crate) enum Input {
     },
     /// A new epoch: its paths and the own-data rate rho * B / h.
     Epoch { paths: Paths, own_rate: f64 },
+    /// A contact: messages to it are stored at providers when it seems offline, and its
+    /// stored messages to this node are collected.
+    Contact(pki_client::IdentityKey),
     /// From an application, with where to answer.
     Api {
         app: AppId,
@@ -203,6 +206,8 @@ pub(crate) struct Service {
     reliability: HashMap<usize, Vec<([u8; 32], f64)>>,
     /// The storage service, on a provider: requests to it never reach an application.
     pub(crate) storage: Option<stack::services::StorageService>,
+    /// Offline delivery: messages to contacts that seem offline, stored at providers.
+    pub(crate) offline: anon::offline::Offline,
 }
 
 impl Service {
@@ -223,7 +228,15 @@ impl Service {
             own_ahead: DATA_QUEUE + OWN_AHEAD,
             ..MessengerConfig::default()
         };
+        // the offline layer's randomness: its own stream from the service's seed
+        let mut offline_seed = seed;
+        offline_seed[0] ^= 0x0f;
         Service {
+            offline: anon::offline::Offline::new(
+                identity.clone(),
+                anon::offline::OfflineConfig::default(),
+                offline_seed,
+            ),
             messenger: Messenger::new(identity, config, seed),
             inputs,
             own,
@@ -252,8 +265,10 @@ impl Service {
             let wait = if self.messenger.has_packets() {
                 Duration::from_millis(2)
             } else {
-                self.messenger
-                    .poll_timeout()
+                [self.messenger.poll_timeout(), self.offline.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
                     .map_or(Duration::from_millis(50), |t| t.saturating_since(now))
                     .min(Duration::from_millis(50))
             };
@@ -279,6 +294,9 @@ impl Service {
             }
             if self.messenger.poll_timeout().is_some_and(|t| t <= now) {
                 self.messenger.handle_timeout(now);
+            }
+            if self.offline.poll_timeout().is_some_and(|t| t <= now) {
+                self.offline.poll(now, &mut self.messenger);
             }
             while !self.own.control.is_full() {
                 let mut b = self.own.free.pop().unwrap_or_default();
@@ -318,13 +336,22 @@ impl Service {
             }
             while let Some(e) = self.messenger.poll_event() {
                 match (e, &mut self.storage) {
+                    // a request to this provider (responses to this node's own requests
+                    // come through its SURBs, with `in_reply_to` set)
                     (MessengerEvent::Received(r), Some(s))
-                        if r.port == stack::services::SERVICE_PORT =>
+                        if r.port == stack::services::SERVICE_PORT && r.in_reply_to.is_none() =>
                     {
                         s.answer(&mut self.messenger, r);
                     }
-                    (e, _) => self.route(e),
+                    (e, _) => {
+                        if let Some(e) = self.offline.filter(now, &mut self.messenger, e) {
+                            self.route(e);
+                        }
+                    }
                 }
+            }
+            while let Some(e) = self.offline.poll_event() {
+                self.route(e);
             }
             if let Some(s) = &mut self.storage {
                 if let Err(e) = s.upkeep() {
@@ -360,6 +387,11 @@ impl Service {
                         .map(|(id, (s, n))| (id, s / f64::from(n)))
                         .collect(),
                 );
+            }
+            Input::Contact(identity) => {
+                if !self.offline.add_contact(identity) {
+                    tracing::warn!("a contact's identity key is no X25519 key: not added");
+                }
             }
             Input::Epoch { paths, own_rate } => {
                 if let Some(s) = &mut self.storage {
@@ -427,8 +459,8 @@ impl Service {
                     });
                 }
                 let id = self
-                    .messenger
-                    .send(now, destination, &data, options)
+                    .offline
+                    .send(now, &mut self.messenger, destination, &data, options)
                     .map_err(|e| ApiError {
                         code: Code::from(&e),
                         text: e.to_string(),

@@ -59,7 +59,10 @@ fn main() -> Result<()> {
         ),
     };
     if dir.join(storage::store::FILE_NAME).exists() {
-        bail!("{} holds a store already: give an empty --dir", dir.display());
+        bail!(
+            "{} holds a store already: give an empty --dir",
+            dir.display()
+        );
     }
     // the client's work, before the clock starts: a stream's boxes, sealed and encoded
     let cap = WriteCap::generate(&mut ChaCha20Rng::seed_from_u64(1));
@@ -68,8 +71,15 @@ fn main() -> Result<()> {
     let mut gets = Vec::with_capacity(args.blocks);
     let mut sealed = Vec::with_capacity(args.blocks);
     for i in 0..args.blocks {
-        let s = cap.box_at(&p)?.seal(&[(i % 251) as u8; bacap::PLAINTEXT_MAX])?;
-        puts.push(protocol::encode_put(&[0; 8], &s.box_id, &s.signature, &s.block));
+        let s = cap
+            .box_at(&p)?
+            .seal(&[(i % 251) as u8; bacap::PLAINTEXT_MAX])?;
+        puts.push(protocol::encode_put(
+            &[0; 8],
+            &s.box_id,
+            &s.signature,
+            &s.block,
+        ));
         gets.push(protocol::encode_get(&[0; 8], &s.box_id));
         sealed.push(s);
         p = p.next()?;

@@ -1,0 +1,143 @@
+//! Offline delivery with real nodes on loopback (docs/storage.md): a message to a contact
+//! whose node is stopped is stored at a storage provider (`Stored`), the contact's node
+//! started again collects it (a message with `stored` set) and the sender hears
+//! `Delivered`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+use std::time::{Duration, Instant};
+
+use node::api::{App, MessengerEvent, SendOptions};
+use node::config::StorageConfig;
+use node::demo::{LocalNetwork, LocalOptions};
+use node::{IoChoice, Node, NodeConfig};
+
+fn config(net: &LocalNetwork, dir: &std::path::Path, storage: bool) -> NodeConfig {
+    NodeConfig {
+        key_dir: dir.join("keys"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: vec![],
+        bandwidth: 60.0,
+        cores: 1,
+        io: IoChoice::Auto,
+        metrics: None,
+        passive: false,
+        on_loop_collapse: engine::AlertPolicy::Withdraw,
+        api_socket: None,
+        storage: storage.then(|| StorageConfig {
+            dir: dir.join("storage"),
+            limits: storage::Limits {
+                reserve_bytes: 0,
+                ..storage::Limits::default()
+            },
+        }),
+        authorities: net.endpoints.clone(),
+    }
+}
+
+/// Waits until every node given has installed one epoch's consensus, that epoch at least
+/// `from`; returns it.
+fn same_epoch(nodes: &[&Node], from: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let epochs: Vec<Option<u64>> = nodes.iter().map(|n| n.epoch()).collect();
+        if let Some(Some(e)) = epochs.first()
+            && *e >= from
+            && epochs.iter().all(|x| *x == Some(*e))
+        {
+            return *e;
+        }
+        assert!(Instant::now() < deadline, "no common epoch: {epochs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_event(
+    app: &App,
+    within: Duration,
+    want: impl Fn(&MessengerEvent) -> bool,
+) -> MessengerEvent {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the event did not come in {within:?}");
+        if let Ok(e) = app.recv(left)
+            && want(&e)
+        {
+            return e;
+        }
+    }
+}
+
+#[test]
+fn a_message_to_a_stopped_contact_is_stored_and_collected_when_it_starts_again() {
+    let net = LocalNetwork::start(&LocalOptions {
+        nodes: 4,
+        epoch_seconds: 10,
+        bandwidth: 60.0,
+        cores: 1,
+        io: IoChoice::Auto,
+        mean_delay: Duration::from_millis(10),
+        loop_rate: 1.0,
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("mixed-offline-node-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let provider = Node::start(config(&net, &dir.join("provider"), true)).unwrap();
+    let recipient_config = config(&net, &dir.join("recipient"), false);
+    let recipient = Node::start(recipient_config.clone()).unwrap();
+    let first = net.nodes[0].epoch().unwrap_or(0);
+    // an epoch whose consensus lists the provider and the recipient, on every node
+    let mut all: Vec<&Node> = net.nodes.iter().collect();
+    all.push(&provider);
+    all.push(&recipient);
+    same_epoch(&all, first + 2, Duration::from_secs(60));
+    let sender = &net.nodes[0];
+    let (recipient_key, recipient_id) = (recipient.identity_key(), recipient.node_id());
+    sender.add_contact(recipient_key).unwrap();
+    recipient.stop();
+
+    let app = App::open(sender, None).unwrap();
+    let text = b"written while you were away".to_vec();
+    let id = app
+        .send(recipient_id, &text, SendOptions::default())
+        .unwrap();
+    // three attempts, then storage
+    let e = wait_event(&app, Duration::from_secs(120), |e| {
+        matches!(
+            e,
+            MessengerEvent::Stored { .. } | MessengerEvent::Offline { .. }
+        )
+    });
+    assert!(
+        matches!(e, MessengerEvent::Stored { id: i } if i == id),
+        "{e:?}"
+    );
+
+    // the recipient comes back (same keys) and collects it
+    let recipient = Node::start(recipient_config).unwrap();
+    recipient.add_contact(sender.identity_key()).unwrap();
+    let inbox = App::open(&recipient, Some(0)).unwrap();
+    let got = wait_event(&inbox, Duration::from_secs(120), |e| {
+        matches!(e, MessengerEvent::Received(_))
+    });
+    let MessengerEvent::Received(r) = got else {
+        unreachable!()
+    };
+    assert_eq!((r.id, r.data, r.stored), (id, text, true));
+    assert_eq!(r.sender, Some(sender.identity_key()));
+    // and the sender hears of it
+    let e = wait_event(&app, Duration::from_secs(60), |e| {
+        matches!(e, MessengerEvent::Delivered { .. })
+    });
+    assert!(matches!(e, MessengerEvent::Delivered { id: i } if i == id));
+    drop(inbox);
+    recipient.stop();
+    provider.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
