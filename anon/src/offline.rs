@@ -404,7 +404,14 @@ impl Offline {
         e: MessengerEvent,
     ) -> Option<MessengerEvent> {
         match e {
-            MessengerEvent::Received(r) if r.port == SERVICE_PORT && r.in_reply_to.is_some() => {
+            // responses to this layer's requests (an application's own requests to a
+            // provider get theirs)
+            MessengerEvent::Received(r)
+                if r.port == SERVICE_PORT
+                    && r.in_reply_to.is_some_and(|id| {
+                        self.requests.contains_key(&id) || self.retired.contains(&id)
+                    }) =>
+            {
                 self.on_response(now, messenger, &r);
                 None
             }
