@@ -440,6 +440,7 @@ impl Offline {
             {
                 // the provider is unreachable (or the request could not go): retry at once
                 if let Some((p, _)) = self.requests.remove(&id) {
+                    self.retire(id);
                     self.on_timeout(p);
                 }
                 None
@@ -624,9 +625,10 @@ impl Offline {
                     .get_mut(&contact)
                     .and_then(|c| c.get.get_mut(&index))
                 {
+                    // asked again: no answer is not "empty" (this node may have been cut
+                    // off, or its address changed); a provider that keeps not answering
+                    // falls behind the others in the order and then out of the round
                     b.waiting = false;
-                    // an unanswered provider counts as one that did not have it
-                    b.empty_at.push(sp);
                 }
             }
         }
@@ -810,9 +812,19 @@ impl Offline {
             if state.is_some_and(|s| s.waiting) {
                 continue;
             }
+            // the providers that did not say Empty yet, those that answer first; a box is
+            // done for this round once every answering provider said Empty (one that
+            // stopped answering is not waited for)
             let order = self.order(providers, &b.id);
             let asked = state.map_or(&[][..], |s| &s.empty_at[..]);
-            if let Some(sp) = order.iter().find(|sp| !asked.contains(sp)) {
+            let best = providers
+                .iter()
+                .map(|p| self.rate_of(p))
+                .fold(0.0f64, f64::max);
+            if let Some(sp) = order
+                .iter()
+                .find(|sp| !asked.contains(sp) && self.rate_of(sp) >= ALIVE * best)
+            {
                 pick = Some((b.index, b.id, *sp));
                 break;
             }
@@ -838,9 +850,13 @@ impl Offline {
     }
 
     fn on_response(&mut self, now: Timestamp, messenger: &mut Messenger, r: &Received) {
-        let Some((pending, _)) = r.in_reply_to.and_then(|id| self.requests.remove(&id)) else {
+        let Some(id) = r.in_reply_to else { return };
+        let Some((pending, _)) = self.requests.remove(&id) else {
             return;
         };
+        // the messenger's own word on the request (its ACK, or Offline when the ACKs were
+        // lost) may still come: it is this layer's, not the application's
+        self.retire(id);
         let Some(response) = Response::decode(&r.data) else {
             self.counters.malformed += 1;
             return;

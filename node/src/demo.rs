@@ -219,6 +219,8 @@ pub struct DemoReport {
     pub latencies_ms: Vec<f64>,
     /// The summary printed.
     pub summary: String,
+    /// The offline delivery, unless skipped.
+    pub offline: Option<OfflineReport>,
 }
 
 /// The size of demo message `k` of `n`: the first is 64 KiB, a few are a few KiB, the rest
@@ -240,7 +242,11 @@ fn demo_message(k: usize, n: usize) -> Vec<u8> {
 
 /// Runs the demo: a local network, `messages` whole messages from the first node to the
 /// last (one of 64 KiB), each acknowledged through a SURB, then a summary.
-pub fn run(options: &LocalOptions, messages: usize) -> Result<DemoReport, NodeError> {
+pub fn run(
+    options: &LocalOptions,
+    messages: usize,
+    with_offline: bool,
+) -> Result<DemoReport, NodeError> {
     let started = std::time::Instant::now();
     let net = LocalNetwork::start(options)?;
     let ready = started.elapsed();
@@ -322,12 +328,34 @@ pub fn run(options: &LocalOptions, messages: usize) -> Result<DemoReport, NodeEr
          {} symbols sent, {} received, {} retries",
         m.symbols_sent, r.symbols_received, m.retries
     );
+    let offline = if with_offline {
+        let o = offline_delivery(&net, options.bandwidth)?;
+        let _ = writeln!(
+            summary,
+            "offline delivery: a storage provider and a recipient joined; the recipient's node \
+             stopped and node 0 sent it a message: Stored at the provider after {:.1} s (three \
+             attempts first); the recipient's node started again and collected it after {:.1} s \
+             ({}); node 0 heard Delivered after {:.1} s",
+            o.stored_after,
+            o.collected_after,
+            if o.intact {
+                "intact, marked stored"
+            } else {
+                "NOT intact"
+            },
+            o.delivered_after
+        );
+        Some(o)
+    } else {
+        None
+    };
     Ok(DemoReport {
         sent: k,
         delivered,
         acked,
         latencies_ms: latencies,
         summary,
+        offline,
     })
 }
 
@@ -410,4 +438,139 @@ fn summarize(
         );
     }
     s
+}
+
+/// What the demo's offline delivery measured.
+#[derive(Debug, Clone)]
+pub struct OfflineReport {
+    /// From the send to `Stored` (the three attempts first), seconds.
+    pub stored_after: f64,
+    /// From the recipient's restart to the message in its hands, seconds.
+    pub collected_after: f64,
+    /// From the recipient's restart to `Delivered` at the sender, seconds.
+    pub delivered_after: f64,
+    /// The message arrived intact, marked stored, once.
+    pub intact: bool,
+}
+
+fn wait_for(
+    app: &crate::api::App,
+    within: Duration,
+    want: impl Fn(&anon::MessengerEvent) -> bool,
+) -> Option<anon::MessengerEvent> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if let Ok(e) = app.recv(left)
+            && want(&e)
+        {
+            return Some(e);
+        }
+    }
+}
+
+/// An offline delivery on `net` (docs/storage.md): a storage provider and a recipient join
+/// the network; the recipient's node stops; a message from node 0 to it is stored at the
+/// provider after its three attempts; the recipient's node starts again (same keys),
+/// collects it, and node 0 hears `Delivered`.
+pub fn offline_delivery(net: &LocalNetwork, bandwidth: f64) -> Result<OfflineReport, NodeError> {
+    let dir = TempDir::new("mixed-demo-offline")?;
+    let config = |name: &str, storage: bool| NodeConfig {
+        key_dir: dir.0.join(name),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise: vec![],
+        bandwidth,
+        cores: 1,
+        io: crate::io::IoChoice::Auto,
+        metrics: None,
+        passive: false,
+        on_loop_collapse: engine::AlertPolicy::Withdraw,
+        api_socket: None,
+        storage: storage.then(|| crate::config::StorageConfig {
+            dir: dir.0.join(name).join("storage"),
+            limits: storage::Limits::default(),
+        }),
+        authorities: net.endpoints.clone(),
+    };
+    let provider = Node::start(config("provider", true))?;
+    let recipient = Node::start(config("recipient", false))?;
+    // an epoch whose consensus lists both, installed everywhere
+    let from = net.nodes[0].epoch().unwrap_or(0) + 2;
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(5 * net.params.epoch_seconds + 10);
+    loop {
+        let e = provider.epoch();
+        if e.is_some_and(|e| e >= from)
+            && recipient.epoch() == e
+            && net.nodes.iter().all(|n| n.epoch() == e)
+        {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(NodeError::NoConsensus { epochs: 5 });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sender = &net.nodes[0];
+    let (key, id) = (recipient.identity_key(), recipient.node_id());
+    sender.add_contact(key)?;
+    recipient.stop();
+    let api = NodeError::Api;
+    let app = crate::api::App::open(sender, None).map_err(api)?;
+    let text = b"mixed demo: written while you were offline".to_vec();
+    let sent = std::time::Instant::now();
+    let msg = app
+        .send(id, &text, crate::api::SendOptions::default())
+        .map_err(api)?;
+    let stored = wait_for(
+        &app,
+        Duration::from_secs(180),
+        |e| matches!(e, anon::MessengerEvent::Stored { id } | anon::MessengerEvent::Offline { id } if *id == msg),
+    );
+    let timeout = || {
+        NodeError::Api(anon::local::ApiError::new(
+            anon::local::Code::Timeout,
+            "the offline delivery did not complete in time",
+        ))
+    };
+    if !matches!(stored, Some(anon::MessengerEvent::Stored { .. })) {
+        return Err(timeout());
+    }
+    let stored_after = sent.elapsed().as_secs_f64();
+    let back = std::time::Instant::now();
+    let recipient = Node::start(config("recipient", false))?;
+    recipient.add_contact(sender.identity_key())?;
+    let inbox = crate::api::App::open(&recipient, Some(0)).map_err(api)?;
+    let got = wait_for(
+        &inbox,
+        Duration::from_secs(180),
+        |e| matches!(e, anon::MessengerEvent::Received(r) if r.id == msg),
+    );
+    let collected_after = back.elapsed().as_secs_f64();
+    let intact = matches!(&got, Some(anon::MessengerEvent::Received(r))
+        if r.data == text && r.stored && r.sender == Some(sender.identity_key()));
+    if got.is_none() {
+        return Err(timeout());
+    }
+    let delivered = wait_for(
+        &app,
+        Duration::from_secs(120),
+        |e| matches!(e, anon::MessengerEvent::Delivered { id } if *id == msg),
+    );
+    if delivered.is_none() {
+        return Err(timeout());
+    }
+    let delivered_after = back.elapsed().as_secs_f64();
+    drop(inbox);
+    recipient.stop();
+    provider.stop();
+    Ok(OfflineReport {
+        stored_after,
+        collected_after,
+        delivered_after,
+        intact,
+    })
 }

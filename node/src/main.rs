@@ -59,6 +59,10 @@ enum Command {
         /// With --serve: stop after this many seconds (default: at SIGINT or SIGTERM).
         #[arg(long, requires = "serve")]
         seconds: Option<u64>,
+        /// Skip the offline delivery (a storage provider keeps a message for a stopped
+        /// recipient, which collects it when it starts again; about a minute).
+        #[arg(long)]
+        no_offline: bool,
     },
     /// Run a node: it registers with the authorities (unless --passive), emits at its
     /// constant rate B, forwards for others, and serves metrics.
@@ -160,6 +164,7 @@ fn main() -> Result<()> {
             io,
             serve,
             seconds,
+            no_offline,
         } => run_demo(
             nodes,
             messages,
@@ -168,6 +173,7 @@ fn main() -> Result<()> {
             io,
             serve,
             seconds,
+            !no_offline,
         ),
         Command::Node {
             example_config: true,
@@ -227,6 +233,7 @@ fn main() -> Result<()> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_demo(
     nodes: usize,
     messages: usize,
@@ -235,6 +242,7 @@ fn run_demo(
     io: IoChoice,
     serve: Option<PathBuf>,
     seconds: Option<u64>,
+    offline: bool,
 ) -> Result<()> {
     anyhow::ensure!(
         nodes >= 4,
@@ -283,12 +291,16 @@ fn run_demo(
         let _ = std::fs::remove_file(&file);
         return Ok(());
     }
-    let report = node::demo::run(&options, messages)?;
+    let report = node::demo::run(&options, messages, offline)?;
     println!("{}", report.summary);
     anyhow::ensure!(
         report.delivered == messages,
         "{} of {messages} messages arrived",
         report.delivered
+    );
+    anyhow::ensure!(
+        report.offline.as_ref().is_none_or(|o| o.intact),
+        "the offline delivery did not arrive intact"
     );
     Ok(())
 }

@@ -273,7 +273,12 @@ fn mixnet(args: &Args) -> Result<()> {
     let (mut puts, mut gets, mut boxes) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in message.chunks(bacap::PLAINTEXT_MAX) {
         let s = cap.box_at(&p)?.seal(chunk)?;
-        puts.push(protocol::encode_put(&[0; 8], &s.box_id, &s.signature, &s.block));
+        puts.push(protocol::encode_put(
+            &[0; 8],
+            &s.box_id,
+            &s.signature,
+            &s.block,
+        ));
         gets.push(protocol::encode_get(&[0; 8], &s.box_id));
         boxes.push(cap.read_cap().box_at(&p)?);
         p = p.next()?;
@@ -304,9 +309,18 @@ fn mixnet(args: &Args) -> Result<()> {
         args.bandwidth,
         args.window
     );
-    println!("  write  {write:>7.1} s  ({:.0} ms a block)", write * 1e3 / puts.len() as f64);
-    println!("  read   {read_time:>7.1} s  ({:.0} ms a block)", read_time * 1e3 / puts.len() as f64);
-    println!("  write to read {:.1} s; read back intact", write + read_time);
+    println!(
+        "  write  {write:>7.1} s  ({:.0} ms a block)",
+        write * 1e3 / puts.len() as f64
+    );
+    println!(
+        "  read   {read_time:>7.1} s  ({:.0} ms a block)",
+        read_time * 1e3 / puts.len() as f64
+    );
+    println!(
+        "  write to read {:.1} s; read back intact",
+        write + read_time
+    );
     provider.stop();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
