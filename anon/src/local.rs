@@ -157,6 +157,14 @@ pub enum Frame {
         /// Repeated in the answer.
         request: u32,
     },
+    /// Client: adds a contact, by its Ed25519 identity key: messages to it are stored at
+    /// providers when it seems offline, its stored messages to this node collected.
+    AddContact {
+        /// Repeated in the answer.
+        request: u32,
+        /// The contact's identity key.
+        identity: [u8; 32],
+    },
     /// Node: the session is open.
     Welcome {
         /// The node's ID (its address for others).
@@ -240,6 +248,7 @@ const T_SEND: u8 = 0x02;
 const T_REPLY: u8 = 0x03;
 const T_BIND: u8 = 0x04;
 const T_UNBIND: u8 = 0x05;
+const T_ADD_CONTACT: u8 = 0x06;
 const T_WELCOME: u8 = 0x81;
 const T_DONE: u8 = 0x82;
 const T_ERROR: u8 = 0x83;
@@ -371,6 +380,11 @@ impl Frame {
             Frame::Unbind { request } => {
                 b.push(T_UNBIND);
                 b.extend_from_slice(&request.to_be_bytes());
+            }
+            Frame::AddContact { request, identity } => {
+                b.push(T_ADD_CONTACT);
+                b.extend_from_slice(&request.to_be_bytes());
+                b.extend_from_slice(identity);
             }
             Frame::Welcome {
                 node_id,
@@ -508,6 +522,10 @@ impl Frame {
                 bandwidth: f64::from_bits(c.u64()?),
             },
             T_UNBIND => Frame::Unbind { request: c.u32()? },
+            T_ADD_CONTACT => Frame::AddContact {
+                request: c.u32()?,
+                identity: c.arr()?,
+            },
             T_WELCOME => {
                 if c.u8()? != VERSION {
                     return Err(FrameError::Malformed("unsupported version"));
@@ -695,6 +713,10 @@ mod tests {
                 bandwidth: 12.5,
             },
             Frame::Unbind { request: 6 },
+            Frame::AddContact {
+                request: 9,
+                identity: [4; 32],
+            },
             Frame::Welcome {
                 node_id: [1; 32],
                 max_message: 1 << 20,

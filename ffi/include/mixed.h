@@ -164,6 +164,14 @@ int32_t mixed_bindanon(struct mixed_socket *s, double bandwidth);
 // `s` is NULL or an open socket.
 int32_t mixed_unbindanon(struct mixed_socket *s);
 
+// Adds a contact by its Ed25519 identity key (32 bytes): a message to it that gets no ACK
+// after every attempt is stored at storage providers (`MIXED_EVENT_STORED`, then
+// `MIXED_EVENT_DELIVERED`), and its stored messages to this node are collected.
+//
+// # Safety
+// `s` is NULL or an open socket; `identity` NULL or 32 readable bytes.
+int32_t mixed_add_contact(struct mixed_socket *s, const uint8_t *identity);
+
 // sendanon: queues `len` bytes at `data` for the node `destination` (32 bytes); writes the
 // message ID to `id_out` (16 bytes) unless it is NULL. `params` NULL means defaults.
 //

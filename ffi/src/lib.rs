@@ -274,6 +274,31 @@ pub unsafe extern "C" fn mixed_unbindanon(s: *mut MixedSocket) -> i32 {
     })
 }
 
+/// Adds a contact by its Ed25519 identity key (32 bytes): a message to it that gets no ACK
+/// after every attempt is stored at storage providers (`MIXED_EVENT_STORED`, then
+/// `MIXED_EVENT_DELIVERED`), and its stored messages to this node are collected.
+///
+/// # Safety
+/// `s` is NULL or an open socket; `identity` NULL or 32 readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mixed_add_contact(s: *mut MixedSocket, identity: *const u8) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's promise
+        let Some(s) = (unsafe { socket(s) }) else {
+            return MIXED_INVALID_ARGUMENT;
+        };
+        if identity.is_null() {
+            return MIXED_INVALID_ARGUMENT;
+        }
+        // SAFETY: non-null, and the caller promises 32 readable bytes
+        let key = unsafe { *(identity as *const [u8; 32]) };
+        match s.with_client(|c| c.add_contact(key)) {
+            Ok(()) => MIXED_OK,
+            Err(e) => s.fail(e),
+        }
+    })
+}
+
 /// sendanon: queues `len` bytes at `data` for the node `destination` (32 bytes); writes the
 /// message ID to `id_out` (16 bytes) unless it is NULL. `params` NULL means defaults.
 ///

@@ -137,6 +137,12 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Adds a contact by its Ed25519 identity key (offline delivery: docs/storage.md).
+    pub fn add_contact(&mut self, identity: [u8; 32]) -> Result<(), ApiError> {
+        self.request(|request| Frame::AddContact { request, identity })
+            .map(|_| ())
+    }
+
     /// recvanon: the next event (a message, an ACK, an offline report), waiting up to
     /// `timeout`.
     pub fn recv(&mut self, timeout: Duration) -> Result<Frame, ApiError> {

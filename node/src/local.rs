@@ -236,6 +236,11 @@ fn serve(stream: UnixStream, node: &NodeRef, stop: &AtomicBool) {
                     (request, app.bind(bandwidth).map(|()| [0u8; 16]))
                 }
                 Frame::Unbind { request } => (request, app.unbind().map(|()| [0u8; 16])),
+                Frame::AddContact { request, identity } => (
+                    request,
+                    app.add_contact(pki_client::IdentityKey(identity))
+                        .map(|()| [0u8; 16]),
+                ),
                 other => {
                     protocol_error(
                         &frames,

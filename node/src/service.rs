@@ -154,6 +154,10 @@ pub(crate) enum Request {
         bandwidth: f64,
     },
     Unbind,
+    /// A contact for offline delivery.
+    AddContact {
+        identity: pki_client::IdentityKey,
+    },
 }
 
 /// What the service answers: a message ID (zero for requests without one), the reply
@@ -503,6 +507,16 @@ impl Service {
                 // (the control thread stops the forwarding then)
                 self.presence.bound.store(false, Ordering::Relaxed);
                 Ok(([0; 16], None))
+            }
+            Request::AddContact { identity } => {
+                if self.offline.add_contact(identity) {
+                    Ok(([0; 16], None))
+                } else {
+                    Err(ApiError {
+                        code: Code::InvalidArgument,
+                        text: "not an Ed25519 identity key".into(),
+                    })
+                }
             }
         }
     }

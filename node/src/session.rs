@@ -108,6 +108,13 @@ impl App {
         self.call(Request::Unbind).map(|_| ())
     }
 
+    /// Adds a contact (its identity key): a message to it that gets no ACK after every
+    /// attempt is stored at storage providers (`Stored`, then `Delivered`), and its stored
+    /// messages to this node are collected (docs/storage.md).
+    pub fn add_contact(&self, identity: pki_client::IdentityKey) -> Result<(), ApiError> {
+        self.call(Request::AddContact { identity }).map(|_| ())
+    }
+
     /// recvanon: the next event, waiting up to `timeout`.
     pub fn recv(&self, timeout: Duration) -> Result<MessengerEvent, ApiError> {
         let Some(rx) = &self.events else {

@@ -57,6 +57,12 @@ fn the_local_socket_carries_messages_replies_and_refuses_bad_input() {
     let mut a = Client::connect(&a_path, Some(3)).unwrap();
     let mut b = Client::connect(&b_path, Some(5)).unwrap();
     assert_eq!(b.node_id(), net.nodes[2].node_id());
+    // a contact for offline delivery: an identity key, or a clear refusal
+    a.add_contact(net.nodes[2].identity_key().0).unwrap();
+    let mut not_a_point = [0u8; 32];
+    not_a_point[0] = 2; // y = 2 is on no Edwards point of curve25519
+    let err = a.add_contact(not_a_point).unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument, "{err}");
 
     // a 20 KiB message with the sender revealed and reply SURBs
     let data: Vec<u8> = (0..20_000u32).map(|i| (i * 13) as u8).collect();
