@@ -11,11 +11,13 @@
 )]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
+
+mod common;
 
 use anon::offline::OfflineConfig;
 use anon::{MessengerEvent, SendOptions};
+use common::Dir;
 use scheduler::Timestamp;
 use stack::services::Served;
 use stack::sim::{LinkModel, Sim, params};
@@ -23,22 +25,6 @@ use storage::Limits;
 
 fn at(seconds: f64) -> Timestamp {
     Timestamp::from_nanos((seconds * 1e9) as u64)
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("mixed-offline-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const PROVIDERS: [usize; 2] = [8, 9];
@@ -191,7 +177,7 @@ impl Outcome {
 
 #[test]
 fn messages_to_an_offline_contact_are_stored_and_collected_when_it_returns() {
-    let dir = Dir::new("both");
+    let dir = Dir::new("offline-both");
     let o = run(41, &dir, 200, None);
     let intact = o.intact();
     assert!(intact * 1000 >= 200 * 999, "{intact} of 200 delivered");
@@ -206,7 +192,7 @@ fn messages_to_an_offline_contact_are_stored_and_collected_when_it_returns() {
 
 #[test]
 fn with_one_of_two_providers_dropping_everything_messages_still_arrive() {
-    let dir = Dir::new("one-dead");
+    let dir = Dir::new("offline-one-dead");
     let o = run(42, &dir, 200, Some(PROVIDERS[1]));
     let intact = o.intact();
     assert!(intact * 100 >= 200 * 99, "{intact} of 200 delivered");

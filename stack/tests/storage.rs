@@ -11,9 +11,11 @@
 )]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+
+mod common;
 
 use anon::{MessengerEvent, SendOptions};
+use common::Dir;
 use scheduler::Timestamp;
 use stack::services::{SERVICE_PORT, Served};
 use stack::sim::{LinkModel, Sim, params};
@@ -23,22 +25,6 @@ use storage::protocol::{self, Response, Status};
 
 fn at(seconds: f64) -> Timestamp {
     Timestamp::from_nanos((seconds * 1e9) as u64)
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("mixed-sp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const NODES: usize = 10;
@@ -92,7 +78,7 @@ fn responses(sim: &Sim<Served>, i: usize) -> HashMap<[u8; 16], Vec<Response>> {
 #[test]
 fn blocks_put_through_the_mixnet_are_read_back_one_response_per_request() {
     let seed = 31;
-    let dir = Dir::new("roundtrip");
+    let dir = Dir::new("sp-roundtrip");
     let mut sim = net(seed, &dir);
     sim.run_until(at(3.0)); // loops measure q first
     let cap = WriteCap::new([5; 32], Position::new(77, [6; 32]));
@@ -174,7 +160,7 @@ fn emitted(sim: &Sim<Served>, i: usize) -> u64 {
 #[test]
 fn a_providers_emitted_rate_does_not_follow_its_request_load() {
     let seed = 32;
-    let (d1, d2) = (Dir::new("idle"), Dir::new("loaded"));
+    let (d1, d2) = (Dir::new("sp-idle"), Dir::new("sp-loaded"));
     let mut idle = net(seed, &d1);
     let mut loaded = net(seed, &d2);
     let cap = WriteCap::new([8; 32], Position::new(0, [9; 32]));
