@@ -28,6 +28,11 @@ api_socket = "api.sock"          # the local API (Unix socket, mode 0600), relat
 # reserve_mib = 256              # refuse new blocks while the disk has less free than this
 # retention_epochs = 1008        # how long a block is kept: two weeks at 20-minute epochs
 
+# optional: offline delivery (docs/storage.md), for messages to contacts that seem offline
+# [offline]
+# store_rate = 1.0               # PUTs a second at most when parking a message at providers
+# fetch_rate = 0.5               # GETs a second on average when collecting (random gaps)
+
 # each authority's key as `mixed dirauth --print-key --config <its file>` prints it
 [[authorities]]
 identity = "0000000000000000000000000000000000000000000000000000000000000000"
@@ -56,7 +61,48 @@ struct FileConfig {
     api_socket: String,
     #[serde(default)]
     storage: Option<FileStorage>,
+    #[serde(default)]
+    offline: FileOffline,
     authorities: Vec<AuthorityEndpoint>,
+}
+
+/// `[offline]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOffline {
+    store_rate: Option<f64>,
+    fetch_rate: Option<f64>,
+}
+
+/// How fast offline delivery stores and collects (`[offline]`; docs/storage.md).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OfflineRates {
+    /// PUTs a second at most while a message is parked at storage providers: slowly and
+    /// regularly, inside the own-data budget rho * B / h.
+    pub store_rate: f64,
+    /// GETs a second on average (exponential gaps) while collecting contacts' streams.
+    pub fetch_rate: f64,
+}
+
+impl Default for OfflineRates {
+    fn default() -> Self {
+        let d = anon::offline::OfflineConfig::default();
+        OfflineRates {
+            store_rate: d.store_rate,
+            fetch_rate: d.fetch_rate,
+        }
+    }
+}
+
+impl OfflineRates {
+    /// The offline layer's configuration at these rates.
+    pub fn config(&self) -> anon::offline::OfflineConfig {
+        anon::offline::OfflineConfig {
+            store_rate: self.store_rate,
+            fetch_rate: self.fetch_rate,
+            ..anon::offline::OfflineConfig::default()
+        }
+    }
 }
 
 /// `[storage]`.
@@ -142,6 +188,8 @@ pub struct NodeConfig {
     pub api_socket: Option<PathBuf>,
     /// The storage service this node provides, if any.
     pub storage: Option<StorageConfig>,
+    /// Offline delivery's rates.
+    pub offline: OfflineRates,
     /// The directory authorities.
     pub authorities: Vec<AuthorityEndpoint>,
 }
@@ -231,6 +279,13 @@ impl NodeConfig {
                     },
                 }
             }),
+            offline: {
+                let d = OfflineRates::default();
+                OfflineRates {
+                    store_rate: file.offline.store_rate.unwrap_or(d.store_rate),
+                    fetch_rate: file.offline.fetch_rate.unwrap_or(d.fetch_rate),
+                }
+            },
             authorities: file.authorities,
         };
         config.validate()?;
@@ -267,6 +322,16 @@ impl NodeConfig {
                      passive; set passive = false or remove [storage]"
                         .into(),
                 ));
+            }
+        }
+        for (name, rate) in [
+            ("store_rate", self.offline.store_rate),
+            ("fetch_rate", self.offline.fetch_rate),
+        ] {
+            if !rate.is_finite() || !(0.01..=50.0).contains(&rate) {
+                return Err(ConfigError::Value(format!(
+                    "offline: {name} must be 0.01 to 50 requests a second (it is {rate})"
+                )));
             }
         }
         if self.advertise.len() > 4 {

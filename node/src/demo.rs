@@ -182,6 +182,7 @@ impl LocalNetwork {
                 on_loop_collapse: engine::AlertPolicy::Withdraw,
                 api_socket: Some(dir.0.join(format!("node-{i}")).join("api.sock")),
                 storage: None,
+                offline: Default::default(),
                 authorities: endpoints.clone(),
             };
             nodes.push(Node::start(config)?);
@@ -493,6 +494,7 @@ pub fn offline_delivery(net: &LocalNetwork, bandwidth: f64) -> Result<OfflineRep
             dir: dir.0.join(name).join("storage"),
             limits: storage::Limits::default(),
         }),
+        offline: Default::default(),
         authorities: net.endpoints.clone(),
     };
     let provider = Node::start(config("provider", true))?;

@@ -9,6 +9,7 @@ pub mod config;
 mod control;
 mod core;
 pub mod demo;
+pub mod durable;
 pub mod io;
 pub mod keys;
 pub mod local;

@@ -40,11 +40,13 @@ pub struct Metrics {
     nodes: AtomicU64,
     sequence: AtomicU32,
     messenger: Mutex<anon::MessengerCounters>,
+    offline: Mutex<anon::offline::OfflineCounters>,
     undeliverable: AtomicU64,
     /// Datagrams the kernel refused, by category (own, forward, loop, cover).
     send_failed: [AtomicU64; 4],
     unreachable_nodes: AtomicU64,
     replay_unsaved: AtomicU64,
+    offline_unsaved: AtomicU64,
     carried: AtomicU64,
     /// This node's clock minus the authorities' (median), seconds.
     clock_skew: std::sync::atomic::AtomicI64,
@@ -81,10 +83,12 @@ impl Metrics {
             nodes: AtomicU64::new(0),
             sequence: AtomicU32::new(0),
             messenger: Mutex::new(anon::MessengerCounters::default()),
+            offline: Mutex::new(anon::offline::OfflineCounters::default()),
             undeliverable: AtomicU64::new(0),
             send_failed: Default::default(),
             unreachable_nodes: AtomicU64::new(0),
             replay_unsaved: AtomicU64::new(0),
+            offline_unsaved: AtomicU64::new(0),
             carried: AtomicU64::new(0),
             clock_skew: std::sync::atomic::AtomicI64::new(0),
             in_alert: AtomicU64::new(0),
@@ -161,6 +165,11 @@ impl Metrics {
         self.carried.load(Ordering::Relaxed) == 1
     }
 
+    /// A write of the offline layer's durable state failed.
+    pub(crate) fn offline_unsaved(&self) {
+        self.offline_unsaved.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_replay_unsaved(&self, n: u64) {
         self.replay_unsaved.store(n, Ordering::Relaxed);
     }
@@ -180,6 +189,16 @@ impl Metrics {
     }
 
     /// The messaging layer's counters.
+    pub(crate) fn set_offline(&self, c: anon::offline::OfflineCounters) {
+        *self.offline.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// What offline delivery counted (docs/storage.md).
+    pub fn offline(&self) -> anon::offline::OfflineCounters {
+        *self.offline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the messenger counted.
     pub fn messenger(&self) -> anon::MessengerCounters {
         self.messenger
             .lock()
@@ -390,6 +409,36 @@ impl Metrics {
             "Messages whose recipient seemed offline after every attempt.",
             &[("", m.offline)],
         );
+        let o = self.offline();
+        counter(
+            "offline_messages_total",
+            "Offline delivery: messages to contacts that seemed offline, by fate at the sender (uploads, stored at providers, delivered, not stored), and stored messages collected by this node (recovered).",
+            &[
+                ("{fate=\"uploaded\"}", o.uploads),
+                ("{fate=\"stored\"}", o.stored),
+                ("{fate=\"delivered\"}", o.delivered),
+                ("{fate=\"not_stored\"}", o.not_stored),
+                ("{fate=\"recovered\"}", o.recovered),
+            ],
+        );
+        counter(
+            "offline_requests_total",
+            "Offline delivery: requests to storage providers, by kind, and those unanswered in time.",
+            &[
+                ("{kind=\"put\"}", o.puts),
+                ("{kind=\"get\"}", o.gets),
+                ("{kind=\"timeout\"}", o.timeouts),
+            ],
+        );
+        counter(
+            "offline_boxes_total",
+            "Offline delivery: boxes the writer abandoned, boxes the reader skipped, blocks or responses that did not verify.",
+            &[
+                ("{fate=\"abandoned\"}", o.abandoned),
+                ("{fate=\"skipped\"}", o.skipped),
+                ("{fate=\"malformed\"}", o.malformed),
+            ],
+        );
         counter(
             "anon_dropped_total",
             "Messaging input dropped, by reason.",
@@ -421,6 +470,11 @@ impl Metrics {
             "replay_unsaved_total",
             "Replay tags not written to the journal (queue full, write failed): after a crash their packets could be replayed once.",
             &[("", self.replay_unsaved.load(Ordering::Relaxed))],
+        );
+        counter(
+            "offline_unsaved_total",
+            "Writes of the offline state (contacts, stream frontiers, stored messages delivered) that failed: after a restart a stored message could be delivered again.",
+            &[("", self.offline_unsaved.load(Ordering::Relaxed))],
         );
         if let Some(st) = self.storage() {
             let by_status: Vec<(String, u64)> = storage::Status::ALL

@@ -72,6 +72,12 @@ pub enum NodeError {
     /// The storage provider's block store could not be opened.
     #[error("storage: {0}")]
     Storage(#[from] storage::store::StoreError),
+    /// A contact was refused.
+    #[error("contact: {0}")]
+    Contact(#[from] anon::offline::ContactError),
+    /// The node's durable state (`<key_dir>/offline.redb`) could not be opened or read.
+    #[error("{0}")]
+    Durable(#[from] crate::durable::DurableError),
 }
 
 struct Core {
@@ -128,6 +134,9 @@ impl Node {
             )),
             None => None,
         };
+        // the offline state: contacts and their streams (opened before any thread starts,
+        // so a file another node holds stops this one with a clear error)
+        let (durable, restored) = crate::durable::DurableState::open(&config.key_dir)?;
         let services: Vec<String> = storage
             .iter()
             .map(|_| stack::services::STORAGE_ROLE.to_string())
@@ -263,8 +272,17 @@ impl Node {
             clock,
             Arc::clone(&stop),
             service_seed,
+            config.offline.config(),
         );
         service.storage = storage;
+        // contacts and streams where they stood
+        for c in &restored.contacts {
+            if let Err(e) = service.offline.restore_contact(c) {
+                tracing::warn!(error = %e, "a saved contact was not restored");
+            }
+        }
+        service.offline.restore_delivered(restored.delivered);
+        service.durable = Some(durable);
         let service_thread = std::thread::Builder::new()
             .name("mixed-messenger".into())
             .spawn(move || service.run())?;
@@ -379,12 +397,16 @@ impl Node {
 
     /// Adds a contact (by its identity key): a message to it that gets no ACK after every
     /// attempt is stored at storage providers (`Stored`, then `Delivered`), and its stored
-    /// messages to this node are collected (docs/storage.md). Contacts live in memory for
-    /// now: add them again after a restart.
+    /// messages to this node are collected (docs/storage.md). Contacts are kept in
+    /// `<key_dir>/offline.redb` across restarts; adding one again changes nothing.
     pub fn add_contact(&self, identity: pki_client::IdentityKey) -> Result<(), NodeError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.service
-            .try_send(crate::service::Input::Contact(identity))
-            .map_err(|_| NodeError::Stopped)
+            .send(crate::service::Input::Contact(identity, tx))
+            .map_err(|_| NodeError::Stopped)?;
+        rx.recv_timeout(Duration::from_secs(30))
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::Contact)
     }
 
     /// The epoch installed on the cores, if any.

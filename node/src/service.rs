@@ -22,6 +22,7 @@ use anon::{
 use crossbeam_queue::ArrayQueue;
 use engine::{Event, Paths};
 use pki_client::IdentitySecret;
+use scheduler::Timestamp;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -177,8 +178,11 @@ pub(crate) enum Input {
     /// A new epoch: its paths and the own-data rate rho * B / h.
     Epoch { paths: Paths, own_rate: f64 },
     /// A contact: messages to it are stored at providers when it seems offline, and its
-    /// stored messages to this node are collected.
-    Contact(pki_client::IdentityKey),
+    /// stored messages to this node are collected; with where to answer.
+    Contact(
+        pki_client::IdentityKey,
+        SyncSender<Result<(), anon::offline::ContactError>>,
+    ),
     /// From an application, with where to answer.
     Api {
         app: AppId,
@@ -212,6 +216,10 @@ pub(crate) struct Service {
     pub(crate) storage: Option<stack::services::StorageService>,
     /// Offline delivery: messages to contacts that seem offline, stored at providers.
     pub(crate) offline: anon::offline::Offline,
+    /// Where the offline layer's durable state is written (`None`: kept in memory only).
+    pub(crate) durable: Option<crate::durable::DurableState>,
+    /// When a failed write of it was last warned about.
+    durable_warned: Option<Timestamp>,
 }
 
 impl Service {
@@ -227,6 +235,7 @@ impl Service {
         clock: Clock,
         stop: Arc<AtomicBool>,
         seed: [u8; 32],
+        offline: anon::offline::OfflineConfig,
     ) -> Self {
         let config = MessengerConfig {
             own_ahead: DATA_QUEUE + OWN_AHEAD,
@@ -236,11 +245,9 @@ impl Service {
         let mut offline_seed = seed;
         offline_seed[0] ^= 0x0f;
         Service {
-            offline: anon::offline::Offline::new(
-                identity.clone(),
-                anon::offline::OfflineConfig::default(),
-                offline_seed,
-            ),
+            offline: anon::offline::Offline::new(identity.clone(), offline, offline_seed),
+            durable: None,
+            durable_warned: None,
             messenger: Messenger::new(identity, config, seed),
             inputs,
             own,
@@ -354,6 +361,9 @@ impl Service {
                     }
                 }
             }
+            // the offline layer's durable state first, then its events (a stored message
+            // delivered is on disk before the application has it: never delivered twice)
+            self.save_offline(now);
             while let Some(e) = self.offline.poll_event() {
                 self.route(e);
             }
@@ -370,6 +380,28 @@ impl Service {
             self.flush();
             self.metrics
                 .set_messenger(self.messenger.counters().clone());
+            self.metrics.set_offline(*self.offline.counters());
+        }
+    }
+
+    /// Writes what changed in the offline layer's durable state; a failure is warned about
+    /// at most once a minute (the messages still go: a restart may then deliver a stored
+    /// message again, or walk a stream again).
+    fn save_offline(&mut self, now: Timestamp) {
+        let changes = self.offline.take_changes();
+        let Some(d) = &mut self.durable else { return };
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = d.write(&changes) {
+            self.metrics.offline_unsaved();
+            let due = self
+                .durable_warned
+                .is_none_or(|t| now.saturating_since(t) >= Duration::from_secs(60));
+            if due {
+                self.durable_warned = Some(now);
+                tracing::warn!(error = %e, "offline delivery: state not saved");
+            }
         }
     }
 
@@ -392,10 +424,8 @@ impl Service {
                         .collect(),
                 );
             }
-            Input::Contact(identity) => {
-                if !self.offline.add_contact(identity) {
-                    tracing::warn!("a contact's identity key is no X25519 key: not added");
-                }
+            Input::Contact(identity, answer) => {
+                let _ = answer.try_send(self.offline.add_contact(identity));
             }
             Input::Epoch { paths, own_rate } => {
                 if let Some(s) = &mut self.storage {
@@ -508,16 +538,17 @@ impl Service {
                 self.presence.bound.store(false, Ordering::Relaxed);
                 Ok(([0; 16], None))
             }
-            Request::AddContact { identity } => {
-                if self.offline.add_contact(identity) {
-                    Ok(([0; 16], None))
-                } else {
-                    Err(ApiError {
-                        code: Code::InvalidArgument,
-                        text: "not an Ed25519 identity key".into(),
-                    })
-                }
-            }
+            Request::AddContact { identity } => match self.offline.add_contact(identity) {
+                Ok(()) => Ok(([0; 16], None)),
+                Err(e @ anon::offline::ContactError::NotAKey) => Err(ApiError {
+                    code: Code::InvalidArgument,
+                    text: e.to_string(),
+                }),
+                Err(e @ anon::offline::ContactError::TooMany) => Err(ApiError {
+                    code: Code::Busy,
+                    text: e.to_string(),
+                }),
+            },
         }
     }
 
@@ -646,6 +677,7 @@ mod tests {
             Clock::new(),
             Arc::new(AtomicBool::new(false)),
             [1; 32],
+            anon::offline::OfflineConfig::default(),
         )
     }
 

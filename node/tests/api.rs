@@ -208,6 +208,7 @@ fn socketanon_binds_unbinds_and_closeanon_erases_the_mix_keys() {
         on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         storage: None,
+        offline: Default::default(),
         authorities: net.endpoints.clone(),
     };
     let socket = socketanon(SocketParams { config, port: 1 }).unwrap();

@@ -248,6 +248,9 @@ fn bad_configuration_and_key_files_are_clear_errors() {
         ("[storage]\nretention_epochs = 0", "retention_epochs"),
         ("[storage]\nmax_block = 5", "unknown field"),
         ("passive = true\n[storage]", "cannot be passive"),
+        ("[offline]\nstore_rate = 0", "store_rate must be"),
+        ("[offline]\nfetch_rate = 1000", "fetch_rate must be"),
+        ("[offline]\nfetch = 1", "unknown field"),
     ] {
         std::fs::write(&path, base.replace("{}", storage)).unwrap();
         let err = NodeConfig::load(&path).unwrap_err().to_string();
@@ -257,6 +260,9 @@ fn bad_configuration_and_key_files_are_clear_errors() {
     let st = NodeConfig::load(&path).unwrap().storage.unwrap();
     assert_eq!(st.dir, dir.join("blocks"));
     assert_eq!(st.limits, storage::Limits::default());
+    std::fs::write(&path, base.replace("{}", "[offline]\nfetch_rate = 2")).unwrap();
+    let rates = NodeConfig::load(&path).unwrap().offline;
+    assert_eq!((rates.store_rate, rates.fetch_rate), (1.0, 2.0));
     let err = NodeConfig::load(&dir.join("missing.toml"))
         .unwrap_err()
         .to_string();
@@ -278,6 +284,7 @@ fn bad_configuration_and_key_files_are_clear_errors() {
         on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         storage: None,
+        offline: Default::default(),
         authorities: vec![pki_client::AuthorityEndpoint {
             identity: pki_client::IdentityKey([1; 32]),
             url: "http://127.0.0.1:9".into(),
@@ -414,6 +421,7 @@ fn a_nodes_port_is_its_own() {
         on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         storage: None,
+        offline: Default::default(),
         authorities: net.endpoints.clone(),
     };
     let err = node::Node::start(config.clone()).unwrap_err().to_string();

@@ -1,7 +1,8 @@
 //! Offline delivery with real nodes on loopback (docs/storage.md): a message to a contact
 //! whose node is stopped is stored at a storage provider (`Stored`), the contact's node
-//! started again collects it (a message with `stored` set) and the sender hears
-//! `Delivered`.
+//! started again, passive and with its contacts from disk, collects it (a message with
+//! `stored` set) and the sender hears `Delivered`; started once more, it delivers nothing
+//! again.
 
 #![allow(
     clippy::unwrap_used,
@@ -36,6 +37,7 @@ fn config(net: &LocalNetwork, dir: &std::path::Path, storage: bool) -> NodeConfi
                 ..storage::Limits::default()
             },
         }),
+        offline: Default::default(),
         authorities: net.endpoints.clone(),
     }
 }
@@ -100,6 +102,8 @@ fn a_message_to_a_stopped_contact_is_stored_and_collected_when_it_starts_again()
     let sender = &net.nodes[0];
     let (recipient_key, recipient_id) = (recipient.identity_key(), recipient.node_id());
     sender.add_contact(recipient_key).unwrap();
+    // the recipient's contacts are kept on disk: it is not told again after its restarts
+    recipient.add_contact(sender.identity_key()).unwrap();
     recipient.stop();
 
     let app = App::open(sender, None).unwrap();
@@ -119,9 +123,12 @@ fn a_message_to_a_stopped_contact_is_stored_and_collected_when_it_starts_again()
         "{e:?}"
     );
 
-    // the recipient comes back (same keys) and collects it
-    let recipient = Node::start(recipient_config).unwrap();
-    recipient.add_contact(sender.identity_key()).unwrap();
+    // the recipient comes back (same keys), passive (not in the consensus: it collects
+    // through SURBs before it binds), and collects it
+    let mut passive = recipient_config;
+    passive.passive = true;
+    passive.offline.fetch_rate = 2.0;
+    let recipient = Node::start(passive.clone()).unwrap();
     let inbox = App::open(&recipient, Some(0)).unwrap();
     let got = wait_event(&inbox, Duration::from_secs(120), |e| {
         matches!(e, MessengerEvent::Received(_))
@@ -136,6 +143,24 @@ fn a_message_to_a_stopped_contact_is_stored_and_collected_when_it_starts_again()
         matches!(e, MessengerEvent::Delivered { .. })
     });
     assert!(matches!(e, MessengerEvent::Delivered { id: i } if i == id));
+    drop(inbox);
+    recipient.stop();
+
+    // once more: it reads on from where it stood and delivers nothing again
+    let recipient = Node::start(passive).unwrap();
+    let inbox = App::open(&recipient, Some(0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while recipient.metrics().offline().gets < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted recipient asked for nothing"
+        );
+        if let Ok(MessengerEvent::Received(r)) = inbox.recv(Duration::from_millis(200)) {
+            panic!("delivered again after a restart: {:?}", r.id);
+        }
+    }
+    let o = recipient.metrics().offline();
+    assert_eq!(o.recovered, 0, "{o:?}");
     drop(inbox);
     recipient.stop();
     provider.stop();

@@ -41,6 +41,7 @@ fn passive_node(name: &str, listen: std::net::SocketAddr, url: String) -> NodeCo
         on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         storage: None,
+        offline: Default::default(),
         authorities: vec![pki_client::AuthorityEndpoint {
             identity: pki_client::IdentityKey([1; 32]),
             url,

@@ -251,6 +251,7 @@ fn mixnet(args: &Args) -> Result<()> {
                 ..Limits::default()
             },
         }),
+        offline: Default::default(),
         authorities: net.endpoints.clone(),
     })?;
     // until every node has a consensus that lists the provider

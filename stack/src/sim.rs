@@ -297,9 +297,40 @@ impl Sim<Served> {
         self.rng.fill_bytes(&mut seed);
         let mut o = anon::offline::Offline::new(self.nodes[i].identity.clone(), config, seed);
         for &c in contacts {
-            o.add_contact(self.nodes[c].identity.public());
+            // the network's own keys, fewer than the limit
+            let _ = o.add_contact(self.nodes[c].identity.public());
         }
         self.nodes[i].stack.upper_mut().offline = Some(o);
+    }
+
+    /// Restarts node `i`'s upper layer as a crashed node's process would come back: a new
+    /// messenger (nothing remembered) and an offline layer of `config` restored from the
+    /// durable state it had handed out ([`anon::offline::Offline::take_changes`]).
+    pub fn restart(
+        &mut self,
+        i: usize,
+        config: anon::offline::OfflineConfig,
+        contacts: &[anon::offline::ContactState],
+        delivered: &[anon::MessageId],
+    ) {
+        let own_rate = self.nodes[i].stack.upper().messenger.config().own_rate;
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let identity = self.nodes[i].identity.clone();
+        let mut m = Messenger::new(identity.clone(), messenger_config(own_rate), seed);
+        if let Some(p) = self.nodes[i].stack.engine().paths() {
+            m.set_paths(p);
+        }
+        self.rng.fill_bytes(&mut seed);
+        let mut o = anon::offline::Offline::new(identity, config, seed);
+        for c in contacts {
+            // states this layer handed out: valid keys, fewer than the limit
+            let _ = o.restore_contact(c);
+        }
+        o.restore_delivered(delivered.iter().copied());
+        let upper = self.nodes[i].stack.upper_mut();
+        upper.messenger = m;
+        upper.offline = Some(o);
     }
 
     /// Node `i`'s upper layer.

@@ -10,12 +10,12 @@
     clippy::print_stderr
 )]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 mod common;
 
-use anon::offline::OfflineConfig;
+use anon::offline::{ContactState, OfflineConfig};
 use anon::{MessengerEvent, SendOptions};
 use common::Dir;
 use scheduler::Timestamp;
@@ -70,9 +70,29 @@ fn message(k: usize) -> Vec<u8> {
     m
 }
 
+/// Message 0 of the crash test: 64 KiB, 82 symbols (more than its redundancy can lose).
+fn big() -> Vec<u8> {
+    (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect()
+}
+
 /// Sends `count` messages while the recipient is down, brings it back once all are
 /// stored, and returns (what the recipient received stored, by ID; the sender's events).
-fn run(seed: u64, dir: &Dir, count: usize, dead_provider: Option<usize>) -> Outcome {
+/// With `crash`, message 0 is [`big`] and the recipient's process "crashes" once it holds
+/// `crash` symbols of it read but not decoded:
+/// it comes back with a new messenger and an offline layer restored from the durable state
+/// it had handed out ([`anon::offline::Offline::take_changes`], taken every second as a
+/// node writes it).
+fn run(
+    seed: u64,
+    dir: &Dir,
+    count: usize,
+    dead_provider: Option<usize>,
+    crash: Option<usize>,
+) -> Outcome {
+    let message = |k: usize| match (k, crash) {
+        (0, Some(_)) => big(),
+        _ => message(k),
+    };
     let mut sim = net(seed, dir);
     if let Some(p) = dead_provider {
         sim.set_down(p, true);
@@ -115,9 +135,34 @@ fn run(seed: u64, dir: &Dir, count: usize, dead_provider: Option<usize>) -> Outc
             .count()
     };
     let back_at = t;
+    // the recipient's durable state, as its node would have written it
+    let mut disk: BTreeMap<[u8; 32], ContactState> = BTreeMap::new();
+    let mut delivered: Vec<[u8; 16]> = Vec::new();
+    let mut crashed_at = None;
     while received(&sim) < count && t < back_at + 900.0 {
-        t += 5.0;
+        t += 1.0;
         sim.run_until(at(t));
+        let changes = sim
+            .upper(RECIPIENT)
+            .offline
+            .as_mut()
+            .unwrap()
+            .take_changes();
+        for c in changes.contacts {
+            disk.insert(c.identity.node_id(), c);
+        }
+        delivered.extend(changes.delivered);
+        let holding = sim
+            .upper(RECIPIENT)
+            .offline
+            .as_ref()
+            .unwrap()
+            .symbols_decoding();
+        if crashed_at.is_none() && crash.is_some_and(|n| holding >= n) {
+            crashed_at = Some((t, received(&sim)));
+            let contacts: Vec<ContactState> = disk.values().cloned().collect();
+            sim.restart(RECIPIENT, config(), &contacts, &delivered);
+        }
     }
     // and the receipts back to the sender
     sim.run_until(at(t + 20.0));
@@ -135,13 +180,15 @@ fn run(seed: u64, dir: &Dir, count: usize, dead_provider: Option<usize>) -> Outc
     let counters = *sim.upper(SENDER).offline.as_ref().unwrap().counters();
     let recipient = *sim.upper(RECIPIENT).offline.as_ref().unwrap().counters();
     eprintln!(
-        "seed {seed}: stored by {stored_at} s, back at {back_at} s, done at {t} s; \
-         sender {counters:?}; recipient {recipient:?}"
+        "seed {seed}: stored by {stored_at} s, back at {back_at} s, crashed at {crashed_at:?}, \
+         done at {t} s; sender {counters:?}; recipient {recipient:?}"
     );
     Outcome {
         sent,
         got,
         sender_events,
+        crashed_at,
+        big: crash.is_some(),
     }
 }
 
@@ -149,6 +196,10 @@ struct Outcome {
     sent: HashMap<[u8; 16], usize>,
     got: HashMap<[u8; 16], Vec<Vec<u8>>>,
     sender_events: Vec<MessengerEvent>,
+    /// When the recipient crashed, and how many it had received by then.
+    crashed_at: Option<(f64, usize)>,
+    /// Message 0 is [`big`].
+    big: bool,
 }
 
 impl Outcome {
@@ -163,7 +214,12 @@ impl Outcome {
                     "message {k} delivered {} times",
                     copies.len()
                 );
-                assert_eq!(copies[0], message(*k), "message {k} altered");
+                let want = if *k == 0 && self.big {
+                    big()
+                } else {
+                    message(*k)
+                };
+                assert_eq!(copies[0], want, "message {k} altered");
                 n += 1;
             }
         }
@@ -178,7 +234,7 @@ impl Outcome {
 #[test]
 fn messages_to_an_offline_contact_are_stored_and_collected_when_it_returns() {
     let dir = Dir::new("offline-both");
-    let o = run(41, &dir, 200, None);
+    let o = run(41, &dir, 200, None, None);
     let intact = o.intact();
     assert!(intact * 1000 >= 200 * 999, "{intact} of 200 delivered");
     // the sender heard Stored, never Offline, then Delivered for each
@@ -193,8 +249,22 @@ fn messages_to_an_offline_contact_are_stored_and_collected_when_it_returns() {
 #[test]
 fn with_one_of_two_providers_dropping_everything_messages_still_arrive() {
     let dir = Dir::new("offline-one-dead");
-    let o = run(42, &dir, 200, Some(PROVIDERS[1]));
+    let o = run(42, &dir, 200, Some(PROVIDERS[1]), None);
     let intact = o.intact();
     assert!(intact * 100 >= 200 * 99, "{intact} of 200 delivered");
+    assert_eq!(o.count(|e| matches!(e, MessengerEvent::Offline { .. })), 0);
+}
+
+#[test]
+fn a_recipient_that_crashes_while_decoding_gets_every_message_after_its_restart_once() {
+    let dir = Dir::new("offline-crash");
+    let o = run(43, &dir, 200, None, Some(40));
+    let (_, before) = o.crashed_at.expect("the recipient crashed");
+    assert!(before < 200, "crashed after {before}");
+    // none twice (intact() checks), none lost: the 64 KiB message being decoded at the
+    // crash (40 of its symbols in memory, more than its redundancy) is read again from
+    // its first box
+    let intact = o.intact();
+    assert!(intact * 1000 >= 200 * 999, "{intact} of 200 delivered");
     assert_eq!(o.count(|e| matches!(e, MessengerEvent::Offline { .. })), 0);
 }

@@ -112,6 +112,14 @@ impl Offline {
             return;
         };
         g.waiting = false;
+        if matches!(response.status, Status::Tombstoned | Status::Expired) {
+            // the box will never be read: its writer closed it (the message was
+            // delivered), or it outlived the retention
+            c.get.remove(&index);
+            let _ = c.reader.consumed(index);
+            self.counters.skipped += 1;
+            return;
+        }
         if response.status != Status::Found {
             g.empty_at.push(sp);
             // a hole the writer left (a later box was found) is skipped after two rounds
@@ -135,14 +143,20 @@ impl Offline {
                 .find(|b| b.index == index)?;
             b.open(&s).ok()
         });
+        // the box's position, kept by a message still being decoded (a restart reads
+        // again from there)
+        let frontier = c.reader.frontier();
+        let position = index
+            .checked_sub(frontier.index())
+            .and_then(|steps| frontier.advance(steps).ok());
         c.get.remove(&index);
         let _ = c.reader.consumed(index);
         c.last_found = Some(c.last_found.map_or(index, |l| l.max(index)));
-        let Some(plain) = opened else {
+        let (Some(plain), Some(position)) = (opened, position) else {
             self.counters.malformed += 1;
             return;
         };
-        self.on_stored_symbol(now, messenger, contact, &plain);
+        self.on_stored_symbol(now, messenger, contact, position, &plain);
     }
 
     pub(super) fn on_stored_symbol(
@@ -150,6 +164,7 @@ impl Offline {
         now: Timestamp,
         messenger: &mut Messenger,
         contact: [u8; 32],
+        position: Position,
         plain: &[u8],
     ) {
         if plain.len() != STORED_HEADER + STORED_SYMBOL || plain[0] != STORED_VERSION {
@@ -160,7 +175,7 @@ impl Offline {
         id.copy_from_slice(&plain[1..17]);
         let object_len = u32::from_be_bytes([plain[17], plain[18], plain[19], plain[20]]);
         let esi = u32::from_be_bytes([plain[21], plain[22], plain[23], plain[24]]);
-        if messenger.was_received(&id) {
+        if messenger.was_received(&id) || self.delivered.contains(&id) {
             // delivered already (directly, or from other symbols): the sender may not know
             self.receipt(now, messenger, contact, id);
             return;
@@ -183,12 +198,16 @@ impl Offline {
                 Decoding {
                     decoder,
                     esis: HashSet::new(),
+                    first: position.clone(),
                 },
             );
         }
         let Some(d) = c.decoding.get_mut(&id) else {
             return;
         };
+        if position.index() < d.first.index() {
+            d.first = position;
+        }
         if !d.esis.insert(esi) {
             return;
         }
@@ -213,6 +232,7 @@ impl Offline {
             return;
         };
         messenger.mark_received(now, id);
+        self.delivered_now(id);
         self.events.push_back(MessengerEvent::Received(Received {
             id,
             port,

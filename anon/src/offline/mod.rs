@@ -27,7 +27,7 @@
 //!   paths), and a receipt goes to the sender on [`RECEIPT_PORT`]; a receipt that gets no
 //!   ACK after every attempt is not stored again (the sender is offline too).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use hkdf::Hkdf;
@@ -127,7 +127,7 @@ pub struct OfflineCounters {
     /// Messages that could not be stored (no providers, too big, queue full): the
     /// application heard `Offline`.
     pub not_stored: u64,
-    /// PUT and GET requests sent.
+    /// PUTs sent.
     pub puts: u64,
     /// GETs sent.
     pub gets: u64,
@@ -184,6 +184,92 @@ struct Contact {
     last_found: Option<u64>,
     idle_until: Timestamp,
     decoding: HashMap<MessageId, Decoding>,
+    /// The frontiers last handed out by [`Offline::take_changes`] (writer, reader).
+    saved: Option<([u8; 40], [u8; 40])>,
+}
+
+impl Contact {
+    fn new(identity: IdentityKey, writer: StreamWriter, reader: StreamReader) -> Contact {
+        Contact {
+            identity,
+            writer,
+            put: BTreeMap::new(),
+            reader,
+            get: BTreeMap::new(),
+            last_found: None,
+            idle_until: Timestamp::ZERO,
+            decoding: HashMap::new(),
+            saved: None,
+        }
+    }
+
+    /// Where a restarted reader starts: the first box not read, or the first box of a
+    /// message still being decoded (its symbols live in memory only), whichever is first.
+    fn durable_reader(&self) -> [u8; 40] {
+        let frontier = self.reader.frontier();
+        self.decoding
+            .values()
+            .map(|d| &d.first)
+            .filter(|p| p.index() < frontier.index())
+            .min_by_key(|p| p.index())
+            .unwrap_or(frontier)
+            .to_bytes()
+    }
+
+    fn state(&self) -> ContactState {
+        ContactState {
+            identity: self.identity,
+            writer: self.writer.frontier().to_bytes(),
+            reader: self.durable_reader(),
+        }
+    }
+}
+
+/// Contacts a node keeps at most.
+pub const MAX_CONTACTS: usize = 4096;
+
+/// Why a contact was not added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContactError {
+    /// The key is no Ed25519 identity key (no point of the curve): check what was pasted.
+    #[error("not an Ed25519 identity key")]
+    NotAKey,
+    /// [`MAX_CONTACTS`] contacts are known already.
+    #[error("too many contacts (at most {MAX_CONTACTS})")]
+    TooMany,
+}
+
+/// A contact's durable state: what a node keeps on disk so that a restart neither loses
+/// its contacts nor walks their streams from the start again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactState {
+    /// The contact's identity key.
+    pub identity: IdentityKey,
+    /// The stream to the contact: its first box not acknowledged (index, chain key; see
+    /// [`Position::to_bytes`]). Secret: it writes the stream.
+    pub writer: [u8; 40],
+    /// The stream from the contact: where to read again after a restart (the first box
+    /// not read, or the first box of a message still being decoded). Secret: it reads
+    /// the stream.
+    pub reader: [u8; 40],
+}
+
+/// What changed in the offline layer's durable state since the last
+/// [`Offline::take_changes`]: to be written (durably) before the events that follow reach
+/// the application, so a restart delivers no stored message twice.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Contacts added, or whose frontiers moved.
+    pub contacts: Vec<ContactState>,
+    /// Stored messages delivered to the application (their IDs).
+    pub delivered: Vec<MessageId>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.contacts.is_empty() && self.delivered.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -209,6 +295,8 @@ struct BoxGet {
 struct Decoding {
     decoder: ObjectDecoder,
     esis: HashSet<u32>,
+    /// The position of the first box read for this message.
+    first: Position,
 }
 
 #[derive(Debug)]
@@ -272,6 +360,14 @@ pub struct Offline {
     retired_order: VecDeque<MessageId>,
     receipted: HashSet<MessageId>,
     receipted_order: VecDeque<MessageId>,
+    /// Stored messages delivered to the application, the last [`DELIVERED_REMEMBERED`]
+    /// (kept on disk by the node, so a restart does not deliver them again).
+    delivered: HashSet<MessageId>,
+    delivered_order: VecDeque<MessageId>,
+    /// Contacts whose durable state may have changed, and deliveries not yet handed out by
+    /// [`Offline::take_changes`].
+    dirty: BTreeSet<[u8; 32]>,
+    new_delivered: VecDeque<MessageId>,
     sp: HashMap<[u8; 32], SpStats>,
     events: VecDeque<MessengerEvent>,
     next_put: Timestamp,
@@ -297,6 +393,10 @@ impl Offline {
             retired_order: VecDeque::new(),
             receipted: HashSet::new(),
             receipted_order: VecDeque::new(),
+            delivered: HashSet::new(),
+            delivered_order: VecDeque::new(),
+            dirty: BTreeSet::new(),
+            new_delivered: VecDeque::new(),
             sp: HashMap::new(),
             events: VecDeque::new(),
             next_put: Timestamp::ZERO,
@@ -310,36 +410,120 @@ impl Offline {
         &self.counters
     }
 
+    /// Symbols of stored messages held in memory, read but not yet decoded.
+    pub fn symbols_decoding(&self) -> usize {
+        self.contacts
+            .values()
+            .flat_map(|c| c.decoding.values())
+            .map(|d| d.esis.len())
+            .sum()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &OfflineConfig {
         &self.config
     }
 
     /// Adds a contact: messages to it fall back to storage, and its stream to this node is
-    /// collected. `false` for a key that is no X25519 key (nothing added).
-    pub fn add_contact(&mut self, identity: IdentityKey) -> bool {
-        let me = self.identity.public();
-        let (Some(out), Some(inb)) = (
-            stream_cap(&self.identity, &identity, &me, &identity),
-            stream_cap(&self.identity, &identity, &identity, &me),
-        ) else {
-            return false;
+    /// collected. A contact already known keeps where its streams stand.
+    pub fn add_contact(&mut self, identity: IdentityKey) -> Result<(), ContactError> {
+        if self.contacts.contains_key(&identity.node_id()) {
+            return Ok(());
+        }
+        if self.contacts.len() >= MAX_CONTACTS {
+            return Err(ContactError::TooMany);
+        }
+        let Some((out, inb)) = self.caps(&identity) else {
+            return Err(ContactError::NotAKey);
         };
-        let read = inb.read_cap();
-        self.contacts.insert(
-            identity.node_id(),
-            Contact {
-                identity,
-                writer: StreamWriter::new(out),
-                put: BTreeMap::new(),
-                reader: StreamReader::new(read),
-                get: BTreeMap::new(),
-                last_found: None,
-                idle_until: Timestamp::ZERO,
-                decoding: HashMap::new(),
-            },
+        let id = identity.node_id();
+        let c = Contact::new(
+            identity,
+            StreamWriter::new(out),
+            StreamReader::new(inb.read_cap()),
         );
-        true
+        self.contacts.insert(id, c);
+        self.dirty.insert(id);
+        Ok(())
+    }
+
+    /// The capabilities of the streams to and from a contact.
+    fn caps(&self, identity: &IdentityKey) -> Option<(WriteCap, WriteCap)> {
+        let me = self.identity.public();
+        Some((
+            stream_cap(&self.identity, identity, &me, identity)?,
+            stream_cap(&self.identity, identity, identity, &me)?,
+        ))
+    }
+
+    /// Restores a contact from its durable state (what [`Self::take_changes`] handed out
+    /// before a restart): its streams resume where they stood.
+    pub fn restore_contact(&mut self, state: &ContactState) -> Result<(), ContactError> {
+        if self.contacts.len() >= MAX_CONTACTS
+            && !self.contacts.contains_key(&state.identity.node_id())
+        {
+            return Err(ContactError::TooMany);
+        }
+        let Some((out, inb)) = self.caps(&state.identity) else {
+            return Err(ContactError::NotAKey);
+        };
+        let mut c = Contact::new(
+            state.identity,
+            StreamWriter::resume(out, Position::from_bytes(&state.writer)),
+            StreamReader::resume(inb.read_cap(), Position::from_bytes(&state.reader)),
+        );
+        c.saved = Some((state.writer, state.reader));
+        self.contacts.insert(state.identity.node_id(), c);
+        Ok(())
+    }
+
+    /// Restores the IDs of stored messages delivered before a restart (oldest first): they
+    /// are not delivered again when their boxes are read again.
+    pub fn restore_delivered(&mut self, ids: impl IntoIterator<Item = MessageId>) {
+        for id in ids {
+            self.remember_delivered(id);
+        }
+    }
+
+    /// A stored message delivered to the application: remembered, and handed out by
+    /// [`Self::take_changes`] (the last [`DELIVERED_REMEMBERED`] when nobody takes them).
+    fn delivered_now(&mut self, id: MessageId) {
+        self.remember_delivered(id);
+        self.new_delivered.push_back(id);
+        if self.new_delivered.len() > DELIVERED_REMEMBERED {
+            self.new_delivered.pop_front();
+        }
+    }
+
+    fn remember_delivered(&mut self, id: MessageId) {
+        if self.delivered.insert(id) {
+            self.delivered_order.push_back(id);
+        }
+        while self.delivered_order.len() > DELIVERED_REMEMBERED {
+            if let Some(old) = self.delivered_order.pop_front() {
+                self.delivered.remove(&old);
+            }
+        }
+    }
+
+    /// What changed in the durable state since the last call (see [`Changes`]). A node
+    /// writes it before it hands the events polled since to applications.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut out = Changes {
+            contacts: Vec::new(),
+            delivered: std::mem::take(&mut self.new_delivered).into(),
+        };
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.contacts.get_mut(&id) else {
+                continue;
+            };
+            let state = c.state();
+            if c.saved != Some((state.writer, state.reader)) {
+                c.saved = Some((state.writer, state.reader));
+                out.contacts.push(state);
+            }
+        }
+        out
     }
 
     /// The contacts' node IDs.
@@ -572,6 +756,8 @@ impl Offline {
     }
 
     fn on_timeout(&mut self, p: Pending) {
+        let (Pending::Put { contact, .. } | Pending::Get { contact, .. }) = p;
+        self.dirty.insert(contact);
         match p {
             Pending::Put { contact, index, sp } => {
                 self.sample(sp, false);
@@ -619,6 +805,8 @@ impl Offline {
         let Some((pending, _)) = self.requests.remove(&id) else {
             return;
         };
+        let (Pending::Put { contact, .. } | Pending::Get { contact, .. }) = pending;
+        self.dirty.insert(contact);
         // the messenger's own word on the request (its ACK, or Offline when the ACKs were
         // lost) may still come: it is this layer's, not the application's
         self.retire(id);
@@ -638,6 +826,10 @@ impl Offline {
 /// Requests given up on, remembered so that the messenger's late word on them is not
 /// taken for the application's.
 const RETIRED_REMEMBERED: usize = 65_536;
+
+/// Stored messages delivered, remembered (and kept on disk by a node) so that boxes read
+/// again do not deliver them twice.
+pub const DELIVERED_REMEMBERED: usize = 65_536;
 
 /// The providers of the storage service in the messenger's consensus, by node ID.
 fn providers(messenger: &Messenger) -> Vec<[u8; 32]> {

@@ -426,6 +426,7 @@ impl NodeTemplate {
             on_loop_collapse: engine::AlertPolicy::Report,
             api_socket: None,
             storage: None,
+            offline: Default::default(),
             authorities: self.endpoints.clone(),
         }
     }
