@@ -14,7 +14,7 @@ use crate::messenger::{MessengerEvent, SendOptions};
 use crate::wire::MessageId;
 
 /// The framing's version.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The magic a HELLO starts with.
 pub const MAGIC: [u8; 4] = *b"MIXD";
 /// The largest frame: a 1 MiB message, 64 reply SURBs and headers.
@@ -169,6 +169,9 @@ pub enum Frame {
     Welcome {
         /// The node's ID (its address for others).
         node_id: [u8; 32],
+        /// The node's identity key (its node ID is the key's hash; what it reveals as a
+        /// sender, and what others add as a contact).
+        identity: [u8; 32],
         /// The largest message.
         max_message: u32,
         /// Whether the node is bound (in the PKI, forwarding).
@@ -388,12 +391,14 @@ impl Frame {
             }
             Frame::Welcome {
                 node_id,
+                identity,
                 max_message,
                 bound,
             } => {
                 b.push(T_WELCOME);
                 b.push(VERSION);
                 b.extend_from_slice(node_id);
+                b.extend_from_slice(identity);
                 b.extend_from_slice(&max_message.to_be_bytes());
                 b.push(u8::from(*bound));
             }
@@ -532,6 +537,7 @@ impl Frame {
                 }
                 Frame::Welcome {
                     node_id: c.arr()?,
+                    identity: c.arr()?,
                     max_message: c.u32()?,
                     bound: c.u8()? != 0,
                 }
@@ -719,6 +725,7 @@ mod tests {
             },
             Frame::Welcome {
                 node_id: [1; 32],
+                identity: [3; 32],
                 max_message: 1 << 20,
                 bound: true,
             },

@@ -18,6 +18,7 @@ use anon::local::{read_frame, write_frame};
 pub struct Client {
     stream: UnixStream,
     node_id: [u8; 32],
+    identity: [u8; 32],
     max_message: u32,
     next_request: u32,
     /// Events that arrived while waiting for an answer.
@@ -38,11 +39,13 @@ impl Client {
         match read_frame(&mut stream)? {
             Frame::Welcome {
                 node_id,
+                identity,
                 max_message,
                 ..
             } => Ok(Client {
                 stream,
                 node_id,
+                identity,
                 max_message,
                 next_request: 1,
                 pending: Default::default(),
@@ -55,6 +58,11 @@ impl Client {
     /// The node's ID.
     pub fn node_id(&self) -> [u8; 32] {
         self.node_id
+    }
+
+    /// The node's identity key (its node ID is the key's hash).
+    pub fn identity_key(&self) -> [u8; 32] {
+        self.identity
     }
 
     /// The largest message the node takes.

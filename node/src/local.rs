@@ -36,16 +36,19 @@ pub(crate) struct LocalServer {
 #[derive(Clone)]
 struct NodeRef {
     node_id: [u8; 32],
+    identity: [u8; 32],
     bound: Arc<crate::service::Presence>,
     opener: Arc<dyn Fn(Option<u16>, Sink) -> Result<App, ApiError> + Send + Sync>,
 }
 
 impl LocalServer {
     /// Binds `path` (replacing a stale socket file), mode 0600, and serves it.
-    /// Serves the node `node_id` whose messaging service takes `service`.
+    /// Serves the node `node_id` (identity key `identity`) whose messaging service takes
+    /// `service`.
     pub(crate) fn start(
         path: &Path,
         node_id: [u8; 32],
+        identity: [u8; 32],
         service: SyncSender<Input>,
         presence: Arc<Presence>,
     ) -> std::io::Result<LocalServer> {
@@ -68,6 +71,7 @@ impl LocalServer {
         let next_app = Arc::new(std::sync::atomic::AtomicU64::new(1 << 32));
         let node_ref = NodeRef {
             node_id,
+            identity,
             bound: presence,
             opener: Arc::new(move |port, sink| App::open_with(&service, &next_app, port, sink)),
         };
@@ -168,6 +172,7 @@ fn serve(stream: UnixStream, node: &NodeRef, stop: &AtomicBool) {
             Ok(app) => {
                 let _ = frames.try_send(Frame::Welcome {
                     node_id: node.node_id,
+                    identity: node.identity,
                     max_message: anon::messenger::DEFAULT_MAX_MESSAGE as u32,
                     bound: node.bound.bound.load(Ordering::Relaxed),
                 });

@@ -343,6 +343,7 @@ impl Node {
             node.local = Some(crate::local::LocalServer::start(
                 path,
                 node.node_id,
+                node.identity_key.0,
                 node.service.clone(),
                 Arc::clone(&node.presence),
             )?);

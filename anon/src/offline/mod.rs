@@ -532,7 +532,9 @@ impl Offline {
     }
 
     /// Sends a message through `messenger`; a message to a contact is kept, so that it can
-    /// be stored if the contact seems offline.
+    /// be stored if the contact seems offline. A message to a contact that is not in the
+    /// consensus (passive) is stored at once: the application hears `Stored`, then
+    /// `Delivered`, as for a contact that seemed offline.
     pub fn send(
         &mut self,
         now: Timestamp,
@@ -541,10 +543,36 @@ impl Offline {
         data: &[u8],
         options: SendOptions,
     ) -> Result<MessageId, MessageError> {
-        let id = messenger.send(now, to, data, options)?;
         let room = self.tracked_bytes + data.len() <= self.config.max_tracked_bytes
             && self.tracked.len() + self.awaiting.len() < self.config.max_uploads;
-        if self.contacts.contains_key(&to) && room {
+        let contact = self.contacts.contains_key(&to);
+        let id = match messenger.send(now, to, data, options) {
+            Ok(id) => id,
+            // a contact that is not in the consensus (a passive node, paper section 4.3,
+            // or one that left): it can only collect, so the message is stored at once
+            Err(MessageError::UnknownDestination)
+                if contact
+                    && room
+                    && !data.is_empty()
+                    && data.len() <= messenger.config().max_message =>
+            {
+                let mut id = [0u8; 16];
+                self.rng.fill_bytes(&mut id);
+                self.tracked_bytes += data.len();
+                self.tracked.insert(
+                    id,
+                    Tracked {
+                        to,
+                        port: options.port,
+                        data: data.to_vec(),
+                    },
+                );
+                self.start_upload(now, messenger, id);
+                return Ok(id);
+            }
+            Err(e) => return Err(e),
+        };
+        if contact && room {
             self.tracked_bytes += data.len();
             self.tracked.insert(
                 id,
