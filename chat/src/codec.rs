@@ -95,6 +95,11 @@ impl<'a> Reader<'a> {
         let what = self.what;
         String::from_utf8(self.short()?.to_vec()).map_err(|_| Malformed(what))
     }
+    /// What is left.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.b)
+    }
+
     /// Nothing may follow.
     pub(crate) fn end(&self) -> Result<(), Malformed> {
         if self.b.is_empty() {

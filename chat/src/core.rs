@@ -417,7 +417,19 @@ impl Chat {
         ops: &mut Vec<Op>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), ChatError> {
-        let (user, _) = self.linked()?;
+        let (user, list) = self.linked()?;
+        // to a contact's device that has not answered yet: with this user's device list,
+        // in case the introduction was lost
+        let intro;
+        let payload = if list.list().device(&device.node_key).is_none()
+            && !self.olm.heard_from(&device.node_key)
+            && !matches!(payload, Payload::DeviceList(_))
+        {
+            intro = Payload::Intro(list.bytes().to_vec(), Box::new(payload.clone()));
+            &intro
+        } else {
+            payload
+        };
         let (message_type, bytes) = self.olm.encrypt(device, &payload.encode())?;
         let o = Outgoing {
             id,

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod codec;
 pub mod core;
 pub mod identity;
@@ -20,6 +21,7 @@ pub mod protocol;
 mod receive;
 pub mod store;
 pub mod transport;
+pub mod tui;
 
 pub use crate::core::{Chat, ChatCounters, ChatError, Notice, hex};
 pub use identity::{LinkCode, SignedDeviceList, UserKey, safety_number};

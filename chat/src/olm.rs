@@ -132,6 +132,15 @@ impl Olm {
         serde_json::to_vec(&pickles).unwrap_or_default()
     }
 
+    /// Whether the session that sends to `peer` has heard from it (so `peer` knows this
+    /// device).
+    pub fn heard_from(&self, peer: &[u8; 32]) -> bool {
+        self.sessions
+            .get(peer)
+            .and_then(|v| v.first())
+            .is_some_and(Session::has_received_message)
+    }
+
     /// Forgets the sessions with `peer` (a revoked device).
     pub fn forget(&mut self, peer: &[u8; 32]) {
         self.sessions.remove(peer);

@@ -20,6 +20,7 @@
 //! | 2 SYNC | the contact it went to (32) ‖ the fields of TEXT: a copy of what the user sent from another device |
 //! | 3 DEVICE_LIST | the signed device list (4 + n): an introduction, or a new version |
 //! | 4 CONTACTS | count (2) ‖ per contact: signed device list (4 + n) ‖ name (1 + n): for the user's other devices |
+//! | 5 INTRO | the sender's signed device list (4 + n) ‖ another payload: sent while the session has not heard back |
 //!
 //! The same message ID goes to every device of one send, so devices agree on it; a device
 //! drops an envelope it has handled already (same sender, same ID) before decrypting.
@@ -156,6 +157,10 @@ pub enum Payload {
     DeviceList(Vec<u8>),
     /// The user's contacts, for their other devices: (signed device list, name).
     Contacts(Vec<(Vec<u8>, String)>),
+    /// The sender's signed device list, then a payload: what a device sends while its
+    /// session with the recipient has not heard back (the recipient may not know the
+    /// sender yet, its introduction lost or still on its way).
+    Intro(Vec<u8>, Box<Payload>),
 }
 
 impl Text {
@@ -207,6 +212,9 @@ impl Payload {
                     w.long(list).short(name.as_bytes());
                 }
             }
+            Payload::Intro(list, inner) => {
+                w.u8(5).long(list).bytes(&inner.encode());
+            }
         }
         w.0
     }
@@ -214,6 +222,15 @@ impl Payload {
     /// Parses decrypted bytes.
     pub fn decode(b: &[u8]) -> Result<Payload, Malformed> {
         let mut r = Reader::new(b, "payload");
+        if b.first() == Some(&5) {
+            r.u8()?;
+            let list = r.long(1 << 16)?.to_vec();
+            let inner = Payload::decode(r.rest())?;
+            if matches!(inner, Payload::Intro(..)) {
+                return Err(Malformed("payload"));
+            }
+            return Ok(Payload::Intro(list, Box::new(inner)));
+        }
         let p = match r.u8()? {
             1 => Payload::Text(Text::decode(&mut r)?),
             2 => Payload::Sync {
@@ -261,6 +278,7 @@ mod tests {
             },
             Payload::DeviceList(vec![5; 40]),
             Payload::Contacts(vec![(vec![6; 10], "bob".into())]),
+            Payload::Intro(vec![7; 30], Box::new(Payload::Text(text.clone()))),
         ] {
             assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
         }

@@ -46,6 +46,9 @@ impl Chat {
         }
     }
 
+    /// Who sent `env`: a device in the known list of the user it names, or, for the first
+    /// message of a session (a pre-key message), a device not known yet, whose message
+    /// must then introduce it with a device list.
     fn from(&self, sender: &[u8; 32], env: &Envelope) -> Result<From, &'static str> {
         let Body::Olm {
             message_type,
@@ -54,26 +57,26 @@ impl Chat {
         else {
             return Err("not an Olm message");
         };
-        if self.user() == Some(env.user) {
-            return self
-                .profile
-                .list
-                .as_ref()
-                .and_then(|l| l.list().device(sender))
-                .cloned()
-                .map(From::Own)
-                .ok_or("not a device of this user (revoked?)");
+        let own = self.user() == Some(env.user);
+        let known = if own {
+            self.profile.list.as_ref()
+        } else {
+            self.contacts.get(&env.user).map(|c| &c.list)
+        };
+        if let Some(d) = known.and_then(|l| l.list().device(sender)) {
+            return Ok(if own {
+                From::Own(d.clone())
+            } else {
+                From::Contact(d.clone())
+            });
         }
-        if let Some(c) = self.contacts.get(&env.user) {
-            return c
-                .list
-                .list()
-                .device(sender)
-                .cloned()
-                .map(From::Contact)
-                .ok_or("not a device of the contact (revoked?)");
-        }
-        let curve = prekey_identity(*message_type, bytes).ok_or("unknown sender")?;
+        let Some(curve) = prekey_identity(*message_type, bytes) else {
+            return Err(if known.is_some() {
+                "not a device of the user (revoked?)"
+            } else {
+                "unknown sender"
+            });
+        };
         Ok(From::Stranger(DeviceEntry {
             node_key: *sender,
             curve,
@@ -129,15 +132,67 @@ impl Chat {
         let Ok(payload) = Payload::decode(&plain) else {
             return self.drop_with("malformed payload");
         };
-        let mut ops = vec![
-            Op::Put(Ns::Seen, seen.clone(), vec![]),
-            Op::Put(
-                Ns::Session,
-                sender.to_vec(),
-                self.olm.sessions_pickle(&sender),
-            ),
-        ];
+        let mut ops = vec![Op::Put(Ns::Seen, seen.clone(), vec![])];
         let mut notices = Vec::new();
+        // an introduction (a device list first) makes a device known
+        let (list, payload) = match payload {
+            Payload::Intro(list, inner) => (Some(list), *inner),
+            Payload::DeviceList(list) => (Some(list.clone()), Payload::DeviceList(list)),
+            p => (None, p),
+        };
+        let mut from = from;
+        if let Some(bytes) = list {
+            match SignedDeviceList::verify(&bytes) {
+                Ok(l) if l.list().user != env.user => {
+                    return self.forget_stranger(&from, &sender, "a device list of another user");
+                }
+                Ok(l)
+                    if l.list()
+                        .device(&sender)
+                        .is_none_or(|d| d.curve != device.curve) =>
+                {
+                    return self.forget_stranger(
+                        &from,
+                        &sender,
+                        "a device list without its sender",
+                    );
+                }
+                Ok(l) => {
+                    self.learn_list(t, l, None, &mut ops, &mut notices);
+                    if let From::Stranger(_) = from {
+                        match self.from(&sender, &env) {
+                            Ok(f @ (From::Own(_) | From::Contact(_))) => from = f,
+                            _ => {
+                                return self.forget_stranger(
+                                    &from,
+                                    &sender,
+                                    "an introduction older than the device list known",
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(_) => {
+                    return self.forget_stranger(
+                        &from,
+                        &sender,
+                        "a device list that does not verify",
+                    );
+                }
+            }
+        }
+        if let From::Stranger(_) = from {
+            return self.forget_stranger(
+                &from,
+                &sender,
+                "a message from an unknown device without an introduction",
+            );
+        }
+        ops.push(Op::Put(
+            Ns::Session,
+            sender.to_vec(),
+            self.olm.sessions_pickle(&sender),
+        ));
         let applied = match (&from, payload) {
             (From::Contact(_), Payload::Text(text)) => {
                 self.profile.lamport = self.profile.lamport.max(text.lamport);
@@ -183,24 +238,13 @@ impl Chat {
                 }
                 Ok(())
             }
-            (_, Payload::DeviceList(bytes)) => match SignedDeviceList::verify(&bytes) {
-                Ok(l) if l.list().user != env.user => Err("a device list of another user"),
-                Ok(l) if l.list().device(&sender).is_none() => {
-                    Err("a device list without its sender")
-                }
-                Ok(l) => {
-                    self.learn_list(t, l, None, &mut ops, &mut notices);
-                    Ok(())
-                }
-                Err(_) => Err("a device list that does not verify"),
-            },
+            // applied above
+            (_, Payload::DeviceList(_)) => Ok(()),
             _ => Err("a payload this sender may not send"),
         };
         if let Err(reason) = applied {
-            if matches!(from, From::Stranger(_)) {
-                self.olm.forget(&sender);
-            }
-            return self.drop_with(reason);
+            // what was learned (a device list) is kept all the same
+            self.drop_with(reason);
         }
         ops.push(Op::Put(Ns::Profile, vec![], self.profile.encode()));
         if let Err(e) = self.store.write(&ops) {
@@ -211,6 +255,14 @@ impl Chat {
         }
         self.seen.insert(seen);
         self.notices.extend(notices);
+    }
+
+    /// Drops a message; a session opened for a device not known is forgotten.
+    fn forget_stranger(&mut self, from: &From, sender: &[u8; 32], reason: &'static str) {
+        if matches!(from, From::Stranger(_)) {
+            self.olm.forget(sender);
+        }
+        self.drop_with(reason);
     }
 
     fn keep_message(&mut self, m: Message, ops: &mut Vec<Op>, notices: &mut Vec<Notice>) {

@@ -308,3 +308,36 @@ fn bad_codes_and_tampered_lists_are_clear_errors() {
             .is_some_and(|n| !matches!(n, Notice::Revoked))
     );
 }
+
+#[test]
+fn a_lost_introduction_is_made_up_for_by_the_next_message() {
+    let dir = Dir::new("intro");
+    let hub = Rc::new(RefCell::new(Hub::default()));
+    let (mut ta, mut tb) = (Hub::port(&hub, 1), Hub::port(&hub, 2));
+    let mut a = Chat::init(&dir.sub("a"), "a", KDF, &mut ta, "a", NOW).unwrap();
+    let mut b = Chat::init(&dir.sub("b"), "b", KDF, &mut tb, "b", NOW).unwrap();
+    let bob = b.user().unwrap();
+    // Alice adds Bob; her introduction is lost on the way
+    hub.borrow_mut().hold = Some(Vec::new());
+    a.add_contact(&mut ta, &b.contact_code().unwrap(), "bob")
+        .unwrap();
+    let lost = hub.borrow_mut().hold.take().unwrap();
+    assert_eq!(lost.len(), 1);
+    let id = a.send(&mut ta, &bob, "do you know me?", None, NOW).unwrap();
+    settle(&mut [(&mut a, &mut ta), (&mut b, &mut tb)]);
+    let alice = a.user().unwrap();
+    assert!(
+        b.contact(&alice).is_some(),
+        "introduced by the message itself"
+    );
+    assert_eq!(b.message(&id).unwrap().body, "do you know me?");
+    // once Bob answered, Alice's messages go without the list
+    b.send(&mut tb, &alice, "I do now", None, NOW).unwrap();
+    settle(&mut [(&mut a, &mut ta), (&mut b, &mut tb)]);
+    let before = hub.borrow().wire.len();
+    a.send(&mut ta, &bob, "short", None, NOW).unwrap();
+    settle(&mut [(&mut a, &mut ta), (&mut b, &mut tb)]);
+    let wire = hub.borrow();
+    let sizes: Vec<usize> = wire.wire[before..].iter().map(|(_, d)| d.len()).collect();
+    assert!(sizes.iter().all(|&n| n < 400), "{sizes:?}");
+}

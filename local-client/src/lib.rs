@@ -13,6 +13,9 @@ pub use anon::SendOptions;
 pub use anon::local::{ApiError, Code, Frame};
 use anon::local::{read_frame, write_frame};
 
+/// Messages kept that arrive before WELCOME, at most.
+const MAX_EARLY: usize = 4096;
+
 /// A blocking client of the local API: one session with a node.
 #[derive(Debug)]
 pub struct Client {
@@ -36,22 +39,30 @@ impl Client {
         })?;
         write_frame(&mut stream, &Frame::Hello { port })
             .map_err(|e| ApiError::new(Code::Io, e.to_string()))?;
-        match read_frame(&mut stream)? {
-            Frame::Welcome {
-                node_id,
-                identity,
-                max_message,
-                ..
-            } => Ok(Client {
-                stream,
-                node_id,
-                identity,
-                max_message,
-                next_request: 1,
-                pending: Default::default(),
-            }),
-            Frame::Error { code, text, .. } => Err(ApiError::new(code, text)),
-            _ => Err(ApiError::new(Code::Protocol, "unexpected answer to HELLO")),
+        // messages held for the port may be handed over as the session opens, before
+        // WELCOME: they are kept for recv
+        let mut pending = VecDeque::new();
+        loop {
+            match read_frame(&mut stream)? {
+                Frame::Welcome {
+                    node_id,
+                    identity,
+                    max_message,
+                    ..
+                } => {
+                    return Ok(Client {
+                        stream,
+                        node_id,
+                        identity,
+                        max_message,
+                        next_request: 1,
+                        pending,
+                    });
+                }
+                Frame::Error { code, text, .. } => return Err(ApiError::new(code, text)),
+                f @ Frame::Message { .. } if pending.len() < MAX_EARLY => pending.push_back(f),
+                _ => return Err(ApiError::new(Code::Protocol, "unexpected answer to HELLO")),
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod capacity;
+pub mod chat;
 mod clock;
 pub mod config;
 mod control;

@@ -9,6 +9,7 @@
 //! mixed dirauth --example-config           print an example authority configuration
 //! mixed dirauth --print-key --config F     print the authority's public key (for [[authorities]])
 //! mixed node --print-key --config F        print the node's identity key and node ID
+//! mixed chat --socket S | --node-config F   the messenger (a terminal UI; subcommands too)
 //! ```
 
 // the command line prints its answers
@@ -98,6 +99,10 @@ enum Command {
         #[arg(long, default_value_t = 2400)]
         leave_seconds: u64,
     },
+    /// The messenger: one identity across your devices, contacts by code, online and
+    /// offline delivery. No subcommand: the terminal UI. It runs on a node: a running one
+    /// (--socket, its api_socket) or one it starts (--node-config, passive unless --bind).
+    Chat(chat::cli::ChatArgs),
     /// Run a directory authority: it takes node descriptors, votes with its peers, signs the
     /// consensus of each epoch and serves it over HTTP.
     Dirauth {
@@ -175,6 +180,7 @@ fn main() -> Result<()> {
             seconds,
             !no_offline,
         ),
+        Command::Chat(args) => chat::cli::run(args, &embedded_chat_node),
         Command::Node {
             example_config: true,
             ..
@@ -303,6 +309,13 @@ fn run_demo(
         "the offline delivery did not arrive intact"
     );
     Ok(())
+}
+
+/// `mixed chat --node-config`: a node in this process for the messenger.
+fn embedded_chat_node(config: &std::path::Path, bind: bool) -> Result<Box<dyn chat::Transport>> {
+    let config = node::NodeConfig::load(config)?;
+    eprintln!("starting the node; its first consensus can take an epoch...");
+    Ok(Box::new(node::chat::Embedded::start(config, bind)?))
 }
 
 fn run_node(

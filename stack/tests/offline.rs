@@ -268,3 +268,48 @@ fn a_recipient_that_crashes_while_decoding_gets_every_message_after_its_restart_
     assert!(intact * 1000 >= 200 * 999, "{intact} of 200 delivered");
     assert_eq!(o.count(|e| matches!(e, MessengerEvent::Offline { .. })), 0);
 }
+
+#[test]
+fn a_message_to_a_contact_outside_the_consensus_is_stored_at_once() {
+    let dir = Dir::new("offline-passive");
+    let mut sim = net(44, &dir);
+    sim.run_until(at(3.0));
+    // a passive node: a contact, not in the consensus
+    let passive = pki_client::IdentitySecret::from_bytes([77; 32]).public();
+    sim.upper(SENDER)
+        .offline
+        .as_mut()
+        .unwrap()
+        .add_contact(passive)
+        .unwrap();
+    let now = sim.now();
+    let id = sim
+        .upper(SENDER)
+        .send(
+            now,
+            passive.node_id(),
+            b"to a passive node",
+            SendOptions::default(),
+        )
+        .expect("stored instead of refused");
+    // not a stranger: the messenger alone refuses it
+    let stranger = pki_client::IdentitySecret::from_bytes([78; 32]).public();
+    let refused = sim
+        .upper(SENDER)
+        .send(now, stranger.node_id(), b"x", SendOptions::default());
+    assert_eq!(refused, Err(anon::MessageError::UnknownDestination));
+    let mut t = 3.0;
+    let stored = |sim: &Sim<Served>| {
+        sim.nodes[SENDER]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, MessengerEvent::Stored { id: i } if *i == id))
+    };
+    while !stored(&sim) && t < 60.0 {
+        t += 1.0;
+        sim.run_until(at(t));
+    }
+    assert!(stored(&sim), "not stored within 60 s");
+    // no direct attempt first: stored within seconds, not after three attempts
+    assert!(t < 20.0, "stored after {t} s");
+}
