@@ -95,6 +95,24 @@ pub fn direct_id(addr: SocketAddr) -> [u8; 32] {
     id
 }
 
+/// The hop ID a node's own loops and SURBs end at: its node ID when the consensus lists it
+/// at its address (or it knows none); else a direct ID with its address: when it is not
+/// listed (passive), or listed at an address it no longer has (it restarted on another
+/// port, and the consensus that lists the new one is not out yet: replies to the old
+/// address would be lost). `None`: it cannot be reached.
+pub fn own_hop_id(
+    listed: Option<&[SocketAddr]>,
+    node_id: [u8; 32],
+    address: Option<SocketAddr>,
+) -> Option<[u8; 32]> {
+    match (listed, address) {
+        (Some(addrs), Some(a)) if !addrs.contains(&a) => Some(direct_id(a)),
+        (Some(_), _) => Some(node_id),
+        (None, Some(a)) => Some(direct_id(a)),
+        (None, None) => None,
+    }
+}
+
 /// The address in a direct ID, or `None` when `id` is not one (an ordinary node ID).
 pub fn parse_direct_id(id: &[u8; 32]) -> Option<SocketAddr> {
     if id[..5] != DIRECT_TAG || id[24..] != [0u8; 8] {
@@ -158,13 +176,9 @@ impl Paths {
         address: Option<SocketAddr>,
         mix_public: MixPublicKey,
     ) -> Self {
-        let listed = consensus.node(&node_id).is_some();
-        let hop_id = match (listed, address) {
-            (true, _) => node_id,
-            (false, Some(a)) => direct_id(a),
-            // unreachable: SURBs are refused below
-            (false, None) => [0u8; 32],
-        };
+        let listed = consensus.node(&node_id).map(|n| &n.addresses[..]);
+        // unreachable when None: SURBs are refused below
+        let hop_id = own_hop_id(listed, node_id, address).unwrap_or([0u8; 32]);
         let params = *consensus.params();
         let delays = ExpDelay::new(std::time::Duration::from_micros(params.mean_delay_micros))
             .unwrap_or(ExpDelay::ZERO);
@@ -743,6 +757,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_node_listed_at_an_address_it_no_longer_has_ends_its_paths_at_its_address() {
+        let (old, new) = (
+            SocketAddr::from(([10, 0, 0, 1], 4000)),
+            SocketAddr::from(([10, 0, 0, 1], 4001)),
+        );
+        let id = [5u8; 32];
+        assert_eq!(own_hop_id(Some(&[old]), id, Some(old)), Some(id));
+        assert_eq!(own_hop_id(Some(&[old]), id, None), Some(id));
+        assert_eq!(
+            own_hop_id(Some(&[old]), id, Some(new)),
+            Some(direct_id(new))
+        );
+        assert_eq!(own_hop_id(None, id, Some(new)), Some(direct_id(new)));
+        assert_eq!(own_hop_id(None, id, None), None);
     }
 
     #[test]

@@ -473,14 +473,18 @@ fn wait_for(
     }
 }
 
-/// An offline delivery on `net` (docs/storage.md): a storage provider and a recipient join
-/// the network; the recipient's node stops; a message from node 0 to it is stored at the
-/// provider after its three attempts; the recipient's node starts again (same keys),
-/// collects it, and node 0 hears `Delivered`.
-pub fn offline_delivery(net: &LocalNetwork, bandwidth: f64) -> Result<OfflineReport, NodeError> {
-    let dir = TempDir::new("mixed-demo-offline")?;
-    let config = |name: &str, storage: bool| NodeConfig {
-        key_dir: dir.0.join(name),
+/// The configuration of a node that joins a demo network: keys in `dir/name`, on
+/// loopback, bound, at `bandwidth`; a storage provider (its store in `dir/name/storage`)
+/// when `storage`.
+pub(crate) fn demo_node_config(
+    net: &LocalNetwork,
+    dir: &std::path::Path,
+    name: &str,
+    bandwidth: f64,
+    storage: bool,
+) -> NodeConfig {
+    NodeConfig {
+        key_dir: dir.join(name),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise: vec![],
         bandwidth,
@@ -491,31 +495,46 @@ pub fn offline_delivery(net: &LocalNetwork, bandwidth: f64) -> Result<OfflineRep
         on_loop_collapse: engine::AlertPolicy::Withdraw,
         api_socket: None,
         storage: storage.then(|| crate::config::StorageConfig {
-            dir: dir.0.join(name).join("storage"),
+            dir: dir.join(name).join("storage"),
             limits: storage::Limits::default(),
         }),
         offline: Default::default(),
         authorities: net.endpoints.clone(),
-    };
-    let provider = Node::start(config("provider", true))?;
-    let recipient = Node::start(config("recipient", false))?;
-    // an epoch whose consensus lists both, installed everywhere
+    }
+}
+
+/// Waits for an epoch whose consensus lists `joined` (two epochs on), installed on them
+/// and on every node of `net`.
+pub(crate) fn wait_listed(net: &LocalNetwork, joined: &[&Node]) -> Result<(), NodeError> {
     let from = net.nodes[0].epoch().unwrap_or(0) + 2;
     let deadline =
         std::time::Instant::now() + Duration::from_secs(5 * net.params.epoch_seconds + 10);
     loop {
-        let e = provider.epoch();
+        let e = joined[0].epoch();
         if e.is_some_and(|e| e >= from)
-            && recipient.epoch() == e
+            && joined.iter().all(|n| n.epoch() == e)
             && net.nodes.iter().all(|n| n.epoch() == e)
         {
-            break;
+            return Ok(());
         }
         if std::time::Instant::now() > deadline {
             return Err(NodeError::NoConsensus { epochs: 5 });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// An offline delivery on `net` (docs/storage.md): a storage provider and a recipient join
+/// the network; the recipient's node stops; a message from node 0 to it is stored at the
+/// provider after its three attempts; the recipient's node starts again (same keys),
+/// collects it, and node 0 hears `Delivered`.
+pub fn offline_delivery(net: &LocalNetwork, bandwidth: f64) -> Result<OfflineReport, NodeError> {
+    let dir = TempDir::new("mixed-demo-offline")?;
+    let config =
+        |name: &str, storage: bool| demo_node_config(net, &dir.0, name, bandwidth, storage);
+    let provider = Node::start(config("provider", true))?;
+    let recipient = Node::start(config("recipient", false))?;
+    wait_listed(net, &[&provider, &recipient])?;
     let sender = &net.nodes[0];
     let (key, id) = (recipient.identity_key(), recipient.node_id());
     sender.add_contact(key)?;

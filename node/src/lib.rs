@@ -10,6 +10,7 @@ pub mod config;
 mod control;
 mod core;
 pub mod demo;
+pub mod demo_chat;
 pub mod durable;
 pub mod io;
 pub mod keys;

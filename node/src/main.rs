@@ -64,6 +64,10 @@ enum Command {
         /// recipient, which collects it when it starts again; about a minute).
         #[arg(long)]
         no_offline: bool,
+        /// Show the messenger instead: two users, three devices (one linked from
+        /// another), an online message and one to a device that is off (about a minute).
+        #[arg(long, conflicts_with_all = ["serve", "no_offline"])]
+        chat: bool,
     },
     /// Run a node: it registers with the authorities (unless --passive), emits at its
     /// constant rate B, forwards for others, and serves metrics.
@@ -170,6 +174,7 @@ fn main() -> Result<()> {
             serve,
             seconds,
             no_offline,
+            chat,
         } => run_demo(
             nodes,
             messages,
@@ -179,6 +184,7 @@ fn main() -> Result<()> {
             serve,
             seconds,
             !no_offline,
+            chat,
         ),
         Command::Chat(args) => chat::cli::run(args, &embedded_chat_node),
         Command::Node {
@@ -249,6 +255,7 @@ fn run_demo(
     serve: Option<PathBuf>,
     seconds: Option<u64>,
     offline: bool,
+    chat: bool,
 ) -> Result<()> {
     anyhow::ensure!(
         nodes >= 4,
@@ -295,6 +302,14 @@ fn run_demo(
             None => wait_for_shutdown_signal()?,
         }
         let _ = std::fs::remove_file(&file);
+        return Ok(());
+    }
+    if chat {
+        let net = node::demo::LocalNetwork::start(&options)?;
+        eprintln!("the network is up; the messenger's story follows...");
+        for line in node::demo_chat::run(&net, bandwidth)? {
+            println!("{line}");
+        }
         return Ok(());
     }
     let report = node::demo::run(&options, messages, offline)?;

@@ -185,15 +185,16 @@ impl Engine {
             .map_or(0, |c| c.keys.consensus.nodes().len() - c.addrs.len())
     }
 
-    /// The hop ID this node's loops and SURBs end at: its node ID when the consensus lists
-    /// it, else a direct ID with its address.
+    /// The hop ID this node's loops and SURBs end at ([`crate::paths::own_hop_id`]).
     pub(super) fn my_hop_id(&self) -> Option<[u8; 32]> {
         let current = self.current.as_ref()?;
-        if current.addrs.contains_key(&self.config.node_id) {
-            Some(self.config.node_id)
-        } else {
-            self.config.address.map(crate::paths::direct_id)
-        }
+        let listed = current
+            .addrs
+            .contains_key(&self.config.node_id)
+            .then(|| current.keys.consensus.node(&self.config.node_id))
+            .flatten()
+            .map(|n| &n.addresses[..]);
+        crate::paths::own_hop_id(listed, self.config.node_id, self.config.address)
     }
 
     /// Paths under the installed epoch, for the layer above to build its packets and
