@@ -28,9 +28,10 @@
 use crate::codec::{Malformed, Reader, Writer};
 
 const VERSION: u8 = 1;
-/// The largest message body or attachment: what fits a 1 MiB message with room for the
-/// envelope and the Olm overhead.
-pub const MAX_CONTENT: usize = (1 << 20) - 4096;
+/// The largest message body and attachment together: what fits a 1 MiB message with room
+/// for the envelope, the Olm overhead, the payload's fields and an introduction (a device
+/// list of [`crate::identity::MAX_DEVICES`] devices is under 3 KiB).
+pub const MAX_CONTENT: usize = (1 << 20) - 8192;
 
 /// A message ID of the messenger.
 pub type ChatId = [u8; 16];

@@ -341,3 +341,30 @@ fn a_lost_introduction_is_made_up_for_by_the_next_message() {
     let sizes: Vec<usize> = wire.wire[before..].iter().map(|(_, d)| d.len()).collect();
     assert!(sizes.iter().all(|&n| n < 400), "{sizes:?}");
 }
+
+#[test]
+fn the_largest_attachment_goes_and_a_larger_one_is_refused() {
+    let dir = Dir::new("large");
+    let mut w = world(&dir);
+    let bob = w.bob;
+    let max = chat::protocol::MAX_CONTENT;
+    let name = "x".repeat(255);
+    let data = vec![9u8; max - name.len() - 2];
+    let id =
+        w.a.0
+            .send(
+                &mut w.a.1,
+                &bob,
+                "hi",
+                Some((name.clone(), data.clone())),
+                NOW,
+            )
+            .unwrap();
+    w.settle();
+    assert_eq!(w.b2.0.message(&id).unwrap().attachment, Some((name, data)));
+    assert!(matches!(
+        w.a.0
+            .send(&mut w.a.1, &bob, "", Some(("a".into(), vec![0; max])), NOW),
+        Err(ChatError::TooLarge(_))
+    ));
+}

@@ -32,6 +32,7 @@ api_socket = "api.sock"          # the local API (Unix socket, mode 0600), relat
 # [offline]
 # store_rate = 1.0               # PUTs a second at most when parking a message at providers
 # fetch_rate = 0.5               # GETs a second on average when collecting (random gaps)
+# idle_poll = 60                 # seconds a contact's stream found empty rests before it is asked again
 
 # each authority's key as `mixed dirauth --print-key --config <its file>` prints it
 [[authorities]]
@@ -72,6 +73,7 @@ struct FileConfig {
 struct FileOffline {
     store_rate: Option<f64>,
     fetch_rate: Option<f64>,
+    idle_poll: Option<f64>,
 }
 
 /// How fast offline delivery stores and collects (`[offline]`; docs/storage.md).
@@ -82,6 +84,9 @@ pub struct OfflineRates {
     pub store_rate: f64,
     /// GETs a second on average (exponential gaps) while collecting contacts' streams.
     pub fetch_rate: f64,
+    /// Seconds a stream found empty at every provider rests before it is asked again: the
+    /// longest a stored message waits for a recipient that is online (a passive one, say).
+    pub idle_poll: f64,
 }
 
 impl Default for OfflineRates {
@@ -90,6 +95,7 @@ impl Default for OfflineRates {
         OfflineRates {
             store_rate: d.store_rate,
             fetch_rate: d.fetch_rate,
+            idle_poll: d.idle_poll.as_secs_f64(),
         }
     }
 }
@@ -100,6 +106,7 @@ impl OfflineRates {
         anon::offline::OfflineConfig {
             store_rate: self.store_rate,
             fetch_rate: self.fetch_rate,
+            idle_poll: std::time::Duration::from_secs_f64(self.idle_poll.clamp(1.0, 86_400.0)),
             ..anon::offline::OfflineConfig::default()
         }
     }
@@ -284,6 +291,7 @@ impl NodeConfig {
                 OfflineRates {
                     store_rate: file.offline.store_rate.unwrap_or(d.store_rate),
                     fetch_rate: file.offline.fetch_rate.unwrap_or(d.fetch_rate),
+                    idle_poll: file.offline.idle_poll.unwrap_or(d.idle_poll),
                 }
             },
             authorities: file.authorities,
@@ -333,6 +341,14 @@ impl NodeConfig {
                     "offline: {name} must be 0.01 to 50 requests a second (it is {rate})"
                 )));
             }
+        }
+        if !self.offline.idle_poll.is_finite()
+            || !(1.0..=86_400.0).contains(&self.offline.idle_poll)
+        {
+            return Err(ConfigError::Value(format!(
+                "offline: idle_poll must be 1 to 86,400 seconds (it is {})",
+                self.offline.idle_poll
+            )));
         }
         if self.advertise.len() > 4 {
             return Err(ConfigError::Value(

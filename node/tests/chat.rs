@@ -207,3 +207,134 @@ fn the_terminal_ui_adds_a_contact_from_a_code_sends_and_shows_the_state_change()
     drop(net);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs each (chat, transport) pair's pump until `done` or `within`.
+fn pump_until(
+    devices: &mut [(&mut chat::Chat, &mut node::chat::Embedded)],
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[(&mut chat::Chat, &mut node::chat::Embedded)]) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !done(devices) {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        for (c, t) in devices.iter_mut() {
+            while c
+                .pump(*t, Duration::from_millis(20), chat::cli::unix_now())
+                .unwrap()
+            {}
+        }
+    }
+}
+
+#[test]
+fn a_passive_device_gets_its_messages_through_the_storage_providers() {
+    let net = LocalNetwork::start(&LocalOptions {
+        nodes: 4,
+        epoch_seconds: 10,
+        bandwidth: 60.0,
+        cores: 1,
+        io: IoChoice::Auto,
+        mean_delay: Duration::from_millis(10),
+        loop_rate: 1.0,
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("mixed-chat-passive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = |name: &str, storage: bool, passive: bool| node::NodeConfig {
+        key_dir: dir.join(name),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: vec![],
+        bandwidth: 60.0,
+        cores: 1,
+        io: IoChoice::Auto,
+        metrics: None,
+        passive,
+        on_loop_collapse: engine::AlertPolicy::Withdraw,
+        api_socket: None,
+        storage: storage.then(|| node::config::StorageConfig {
+            dir: dir.join(name).join("storage"),
+            limits: storage::Limits {
+                reserve_bytes: 0,
+                ..storage::Limits::default()
+            },
+        }),
+        offline: node::config::OfflineRates {
+            store_rate: 5.0,
+            fetch_rate: 5.0,
+            idle_poll: 5.0,
+        },
+        authorities: net.endpoints.clone(),
+    };
+    let provider = node::Node::start(config("provider", true, false)).unwrap();
+    let first = net.nodes[0].epoch().unwrap_or(0);
+    // Bob's device: a node of its own, passive (not listed, not forwarding)
+    let mut tb = node::chat::Embedded::start(config("bob", false, true), false).unwrap();
+    // Alice's device: one of the network's nodes (listed)
+    let mut ta = node::chat::Embedded::open(&net.nodes[0]).unwrap();
+    // until a consensus that lists the provider is installed everywhere (two epochs on)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while [&net.nodes[0], &provider]
+        .iter()
+        .any(|n| n.epoch().is_none_or(|e| e < first + 2))
+    {
+        assert!(Instant::now() < deadline, "the provider was not listed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let kdf = chat::KdfParams::TESTS_ONLY;
+    let now = chat::cli::unix_now();
+    let mut alice =
+        chat::Chat::init(&dir.join("alice-chat"), PASS, kdf, &mut ta, "phone", now).unwrap();
+    let mut bob =
+        chat::Chat::init(&dir.join("bob-chat"), PASS, kdf, &mut tb, "phone", now).unwrap();
+    let (a_code, b_code) = (alice.contact_code().unwrap(), bob.contact_code().unwrap());
+    let bob_key = alice.add_contact(&mut ta, &b_code, "bob").unwrap();
+    let alice_key = bob.add_contact(&mut tb, &a_code, "alice").unwrap();
+    let id = alice
+        .send(&mut ta, &bob_key, "to a passive device", None, now)
+        .unwrap();
+    let start = Instant::now();
+    pump_until(
+        &mut [(&mut alice, &mut ta), (&mut bob, &mut tb)],
+        Duration::from_secs(120),
+        "stored and collected",
+        |d| d[1].0.message(&id).is_some(),
+    );
+    eprintln!(
+        "collected by the passive device after {:?}",
+        start.elapsed()
+    );
+    let m = bob.message(&id).unwrap();
+    assert!(m.stored, "through the providers");
+    assert_eq!(
+        alice.message(&id).unwrap().targets[0].1,
+        chat::State::Stored,
+        "stored at once, not failed after three attempts"
+    );
+    // and the passive device writes back directly
+    let back = bob
+        .send(
+            &mut tb,
+            &alice_key,
+            "written from a passive node",
+            None,
+            now,
+        )
+        .unwrap();
+    pump_until(
+        &mut [(&mut alice, &mut ta), (&mut bob, &mut tb)],
+        Duration::from_secs(60),
+        "the answer",
+        |d| {
+            d[0].0.message(&back).is_some()
+                && d[1]
+                    .0
+                    .message(&back)
+                    .is_some_and(|m| m.state == chat::State::Delivered)
+        },
+    );
+    drop((ta, tb));
+    provider.stop();
+    drop(net);
+    let _ = std::fs::remove_dir_all(&dir);
+}

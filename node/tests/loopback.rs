@@ -251,6 +251,7 @@ fn bad_configuration_and_key_files_are_clear_errors() {
         ("[offline]\nstore_rate = 0", "store_rate must be"),
         ("[offline]\nfetch_rate = 1000", "fetch_rate must be"),
         ("[offline]\nfetch = 1", "unknown field"),
+        ("[offline]\nidle_poll = 0", "idle_poll must be"),
     ] {
         std::fs::write(&path, base.replace("{}", storage)).unwrap();
         let err = NodeConfig::load(&path).unwrap_err().to_string();

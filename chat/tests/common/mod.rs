@@ -102,6 +102,9 @@ impl Transport for HubPort {
     }
 
     fn send(&mut self, to: &[u8; 32], data: &[u8], _: u8) -> Result<MessageId, TransportError> {
+        if data.len() > anon::messenger::DEFAULT_MAX_MESSAGE {
+            return Err(TransportError(format!("{} bytes: too large", data.len())));
+        }
         let mut hub = self.hub.borrow_mut();
         let id = hub.id();
         if let Some(held) = &mut hub.hold {
