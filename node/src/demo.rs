@@ -473,10 +473,10 @@ fn wait_for(
     }
 }
 
-/// The configuration of a node that joins a demo network: keys in `dir/name`, on
-/// loopback, bound, at `bandwidth`; a storage provider (its store in `dir/name/storage`)
-/// when `storage`.
-pub(crate) fn demo_node_config(
+/// The configuration of a node that joins a local network: keys in `dir/name`, on
+/// loopback, bound, at `bandwidth`; a storage provider (its store in `dir/name/storage`,
+/// no free-space reserve: a demo runs anywhere) when `storage`.
+pub fn node_config(
     net: &LocalNetwork,
     dir: &std::path::Path,
     name: &str,
@@ -496,7 +496,10 @@ pub(crate) fn demo_node_config(
         api_socket: None,
         storage: storage.then(|| crate::config::StorageConfig {
             dir: dir.join(name).join("storage"),
-            limits: storage::Limits::default(),
+            limits: storage::Limits {
+                reserve_bytes: 0,
+                ..storage::Limits::default()
+            },
         }),
         offline: Default::default(),
         authorities: net.endpoints.clone(),
@@ -530,8 +533,7 @@ pub(crate) fn wait_listed(net: &LocalNetwork, joined: &[&Node]) -> Result<(), No
 /// collects it, and node 0 hears `Delivered`.
 pub fn offline_delivery(net: &LocalNetwork, bandwidth: f64) -> Result<OfflineReport, NodeError> {
     let dir = TempDir::new("mixed-demo-offline")?;
-    let config =
-        |name: &str, storage: bool| demo_node_config(net, &dir.0, name, bandwidth, storage);
+    let config = |name: &str, storage: bool| node_config(net, &dir.0, name, bandwidth, storage);
     let provider = Node::start(config("provider", true))?;
     let recipient = Node::start(config("recipient", false))?;
     wait_listed(net, &[&provider, &recipient])?;

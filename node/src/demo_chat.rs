@@ -60,9 +60,8 @@ fn chat_err(who: &str) -> impl Fn(chat::ChatError) -> NodeError + '_ {
 /// Runs the story on `net` (with its own provider and device nodes); the lines it printed.
 pub fn run(net: &LocalNetwork, bandwidth: f64) -> Result<Vec<String>, NodeError> {
     let dir = TempDir::new("mixed-demo-chat")?;
-    let config = |name: &str, storage: bool| {
-        crate::demo::demo_node_config(net, &dir.0, name, bandwidth, storage)
-    };
+    let config =
+        |name: &str, storage: bool| crate::demo::node_config(net, &dir.0, name, bandwidth, storage);
     let provider = Node::start(config("provider", true))?;
     let alice_node = Node::start(config("alice-phone", false))?;
     let phone_node = Node::start(config("bob-phone", false))?;

@@ -242,29 +242,13 @@ fn a_passive_device_gets_its_messages_through_the_storage_providers() {
     let dir = std::env::temp_dir().join(format!("mixed-chat-passive-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = |name: &str, storage: bool, passive: bool| node::NodeConfig {
-        key_dir: dir.join(name),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: vec![],
-        bandwidth: 60.0,
-        cores: 1,
-        io: IoChoice::Auto,
-        metrics: None,
         passive,
-        on_loop_collapse: engine::AlertPolicy::Withdraw,
-        api_socket: None,
-        storage: storage.then(|| node::config::StorageConfig {
-            dir: dir.join(name).join("storage"),
-            limits: storage::Limits {
-                reserve_bytes: 0,
-                ..storage::Limits::default()
-            },
-        }),
         offline: node::config::OfflineRates {
             store_rate: 5.0,
             fetch_rate: 5.0,
             idle_poll: 5.0,
         },
-        authorities: net.endpoints.clone(),
+        ..node::demo::node_config(&net, &dir, name, 60.0, storage)
     };
     let provider = node::Node::start(config("provider", true, false)).unwrap();
     let first = net.nodes[0].epoch().unwrap_or(0);

@@ -14,32 +14,11 @@
 use std::time::{Duration, Instant};
 
 use node::api::{App, MessengerEvent, SendOptions};
-use node::config::StorageConfig;
 use node::demo::{LocalNetwork, LocalOptions};
 use node::{IoChoice, Node, NodeConfig};
 
 fn config(net: &LocalNetwork, dir: &std::path::Path, storage: bool) -> NodeConfig {
-    NodeConfig {
-        key_dir: dir.join("keys"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: vec![],
-        bandwidth: 60.0,
-        cores: 1,
-        io: IoChoice::Auto,
-        metrics: None,
-        passive: false,
-        on_loop_collapse: engine::AlertPolicy::Withdraw,
-        api_socket: None,
-        storage: storage.then(|| StorageConfig {
-            dir: dir.join("storage"),
-            limits: storage::Limits {
-                reserve_bytes: 0,
-                ..storage::Limits::default()
-            },
-        }),
-        offline: Default::default(),
-        authorities: net.endpoints.clone(),
-    }
+    node::demo::node_config(net, dir, "keys", 60.0, storage)
 }
 
 /// Waits until every node given has installed one epoch's consensus, that epoch at least

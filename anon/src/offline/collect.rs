@@ -257,12 +257,6 @@ impl Offline {
             self.counters.duplicates += 1;
             return;
         }
-        self.receipted_order.push_back(id);
-        while self.receipted_order.len() > RECEIPTS_REMEMBERED {
-            if let Some(old) = self.receipted_order.pop_front() {
-                self.receipted.remove(&old);
-            }
-        }
         let mut body = [0u8; 17];
         body[0] = STORED_VERSION;
         body[1..].copy_from_slice(&id);
@@ -309,4 +303,4 @@ impl Offline {
 }
 
 /// Receipts remembered, so a message recovered twice is confirmed once.
-const RECEIPTS_REMEMBERED: usize = 8192;
+pub(super) const RECEIPTS_REMEMBERED: usize = 8192;

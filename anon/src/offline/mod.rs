@@ -356,14 +356,11 @@ pub struct Offline {
     receipts: HashSet<MessageId>,
     /// Requests given up on (timed out): the messenger's word on them comes late and is
     /// not the application's.
-    retired: HashSet<MessageId>,
-    retired_order: VecDeque<MessageId>,
-    receipted: HashSet<MessageId>,
-    receipted_order: VecDeque<MessageId>,
+    retired: Remembered,
+    receipted: Remembered,
     /// Stored messages delivered to the application, the last [`DELIVERED_REMEMBERED`]
     /// (kept on disk by the node, so a restart does not deliver them again).
-    delivered: HashSet<MessageId>,
-    delivered_order: VecDeque<MessageId>,
+    delivered: Remembered,
     /// Contacts whose durable state may have changed, and deliveries not yet handed out by
     /// [`Offline::take_changes`].
     dirty: BTreeSet<[u8; 32]>,
@@ -389,12 +386,9 @@ impl Offline {
             awaiting: HashMap::new(),
             requests: HashMap::new(),
             receipts: HashSet::new(),
-            retired: HashSet::new(),
-            retired_order: VecDeque::new(),
-            receipted: HashSet::new(),
-            receipted_order: VecDeque::new(),
-            delivered: HashSet::new(),
-            delivered_order: VecDeque::new(),
+            retired: Remembered::new(RETIRED_REMEMBERED),
+            receipted: Remembered::new(collect::RECEIPTS_REMEMBERED),
+            delivered: Remembered::new(DELIVERED_REMEMBERED),
             dirty: BTreeSet::new(),
             new_delivered: VecDeque::new(),
             sp: HashMap::new(),
@@ -481,28 +475,17 @@ impl Offline {
     /// are not delivered again when their boxes are read again.
     pub fn restore_delivered(&mut self, ids: impl IntoIterator<Item = MessageId>) {
         for id in ids {
-            self.remember_delivered(id);
+            self.delivered.insert(id);
         }
     }
 
     /// A stored message delivered to the application: remembered, and handed out by
     /// [`Self::take_changes`] (the last [`DELIVERED_REMEMBERED`] when nobody takes them).
     fn delivered_now(&mut self, id: MessageId) {
-        self.remember_delivered(id);
+        self.delivered.insert(id);
         self.new_delivered.push_back(id);
         if self.new_delivered.len() > DELIVERED_REMEMBERED {
             self.new_delivered.pop_front();
-        }
-    }
-
-    fn remember_delivered(&mut self, id: MessageId) {
-        if self.delivered.insert(id) {
-            self.delivered_order.push_back(id);
-        }
-        while self.delivered_order.len() > DELIVERED_REMEMBERED {
-            if let Some(old) = self.delivered_order.pop_front() {
-                self.delivered.remove(&old);
-            }
         }
     }
 
@@ -773,14 +756,7 @@ impl Offline {
     }
 
     fn retire(&mut self, id: MessageId) {
-        if self.retired.insert(id) {
-            self.retired_order.push_back(id);
-        }
-        while self.retired_order.len() > RETIRED_REMEMBERED {
-            if let Some(old) = self.retired_order.pop_front() {
-                self.retired.remove(&old);
-            }
-        }
+        self.retired.insert(id);
     }
 
     fn on_timeout(&mut self, p: Pending) {
@@ -854,6 +830,42 @@ impl Offline {
 /// Requests given up on, remembered so that the messenger's late word on them is not
 /// taken for the application's.
 const RETIRED_REMEMBERED: usize = 65_536;
+
+/// The last message IDs inserted, at most a number of them: a set with a memory limit.
+#[derive(Debug)]
+struct Remembered {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+    cap: usize,
+}
+
+impl Remembered {
+    fn new(cap: usize) -> Remembered {
+        Remembered {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Remembers `id` (the oldest is forgotten past the limit); `false` when it was known.
+    fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn contains(&self, id: &MessageId) -> bool {
+        self.set.contains(id)
+    }
+}
 
 /// Stored messages delivered, remembered (and kept on disk by a node) so that boxes read
 /// again do not deliver them twice.
