@@ -96,8 +96,10 @@ impl Loopix {
                 &mut rng,
             );
         }
+        let pools = shape.layers + if shape.providers > 0 { 2 } else { 0 };
         let mut observer = Observer::new(
             n,
+            pools,
             sc.metrics.targets,
             sc.metrics.sender_vectors,
             sc.metrics.wave_seconds,
@@ -420,10 +422,10 @@ impl Loopix {
         self.watch.classifier.datagram(y as usize, false);
         let end = p.at_end();
         let want = end && matches!(p.kind, Kind::Message { .. }) && self.watch.observer.senders();
-        let (_, h) = self
-            .watch
-            .observer
-            .arrive(y as usize, p.vectors, !end, false, want);
+        let (_, h) =
+            self.watch
+                .observer
+                .arrive(y as usize, p.vectors, usize::from(p.at), !end, false, want);
         if let (Some(h), true) = (h, self.measuring()) {
             self.watch
                 .counts

@@ -3,36 +3,41 @@
 //! datagram gets a distribution, computed from what the observer saw before it, over what
 //! it may carry; each node is a pool in which the exponential delay mixes what came in.
 //!
-//! **What the observer knows.** The datagrams; each node's pool count as it can estimate it
-//! (`c`, below); each node's long-run shares: phi_X, the share of X's emissions that are
-//! forwards, and psi_X, the share of its arrivals that it forwards (both follow from the
-//! public parameters and the load; the simulator gives it the running ratios). It does
-//! **not** know which datagram is a forward, own data, a loop or cover: a datagram that
-//! leaves X is a forward with probability phi_X (then any packet of X's pool, each as
-//! likely, the exponential delay being memoryless) and X's own with probability 1 - phi_X;
-//! a datagram that reaches Y is pooled there with probability psi_Y and ends there
-//! otherwise. An adversary's own packets are known to it (they are neither pooled nor drawn
-//! from a pool), and a node that skips its delay for the observer (section 5.0.3) links
-//! what goes in to what comes out.
+//! **What the observer knows.** The datagrams; the public parameters, so that a message
+//! passes exactly `pools` pools (h - 1 mixes in the paper's design; providers and layers in
+//! the baseline); each node's pool count as it can estimate it (`c`, below); each node's
+//! long-run share phi_X of emissions that are forwards, and, per stage, the share psi_s of
+//! arrivals that are held and forwarded (these follow from the parameters and the load; the
+//! simulator gives it the running ratios). It does **not** know which datagram is a
+//! forward, own data, a loop or cover: a datagram that leaves X is a forward with
+//! probability phi_X (then any packet of X's pool, each as likely, the exponential delay
+//! being memoryless) and X's own otherwise. An adversary's own packets are known to it
+//! (neither pooled nor drawn from a pool), and a node that skips its delay for the
+//! observer (section 5.0.3) links what goes in to what comes out.
 //!
-//! **The pool of node X**: a mass vector P_X and an expected count c_X. A datagram d
-//! arriving: P_X += psi_X d, c_X += psi_X. A datagram leaving: it carries
-//! phi_X P_X / c_X (+ (1 - phi_X) on X itself for the sender vectors), and
-//! P_X -= phi_X P_X / c_X, c_X -= phi_X. With psi = phi = 1 at mixes and 0 at clients
-//! this is exactly MiXiM's update, which the Loopix calibration checks.
+//! Every vector is split by **stage**, the number of pools its mass has passed: a datagram
+//! X originates is at stage 0, one drawn from X's pool at stage s + 1 for mass pooled at
+//! stage s. **The pool of node X**: mass P_X[s] per stage and an expected count c_X. A
+//! datagram arriving: c_X += psi_X, and its mass is pooled by stage. A datagram leaving:
+//! it carries phi_X P_X[s] / c_X at stage s + 1 (and, for the sender vectors, 1 - phi_X on
+//! X at stage 0); P_X -= phi_X P_X / c_X, c_X -= phi_X. With phi = psi = 1 at mixes and 0 at
+//! clients this is MiXiM's update, which the Loopix calibration checks.
 //!
 //! Two kinds of vectors:
 //!
 //! - **targets** (MiXiM's method): T target messages at a time (a *wave*); a vector on a
-//!   datagram is, for each target, the probability that the datagram is it. A target's
-//!   mass ends at the datagrams' receivers; the Shannon entropy of where it ended is its
-//!   *message entropy* (which datagram delivered it: MiXiM's metric), summed by receiving
-//!   node its *receiver entropy*, and the node with the most mass is the observer's guess of
-//!   who it talks to. A wave ends when every target's mass has left the network (or after
-//!   `wave_seconds`); then every pool is cleared and the next wave begins.
-//! - **senders** (optional, N <= 4,096): every datagram carries a distribution over the
-//!   nodes that may have originated it; the entropy of the one that delivers a message is
-//!   that message's *sender entropy*.
+//!   datagram is, for each target and stage, the probability that the datagram is it. A
+//!   target is a message, so its mass is pooled at every arrival before stage `pools` and
+//!   ends at the arrival at stage `pools`. The Shannon entropy of the datagrams it ended at
+//!   is its *message entropy* (MiXiM's metric); summed by receiving node, its *receiver
+//!   entropy*; the node with the most mass is the observer's guess of who it talks to. A
+//!   wave ends when every target's mass has ended (or after `wave_seconds`); then every pool
+//!   is cleared and the next wave begins.
+//! - **senders** (optional, N <= 4,096): every datagram carries, per stage, a mass over
+//!   the nodes that may have originated it; arriving mass at stage s is pooled with
+//!   probability psi_s (cover ends at its first hop, a message at stage `pools`). The
+//!   stage-`pools` part of the datagram that delivers a message, normalised, is that
+//!   message's sender distribution; its entropy is the *sender entropy*.
 
 use std::collections::VecDeque;
 
@@ -41,6 +46,9 @@ pub const NONE: u32 = u32::MAX;
 
 /// A vector lighter than this in every entry is not carried (its mass counts as pruned).
 const PRUNE: f32 = 1e-7;
+
+/// Most stages followed (a datagram past them keeps the last).
+pub const MAX_STAGES: usize = 8;
 
 /// Vectors of one dimension, allocated from one buffer.
 #[derive(Debug, Default)]
@@ -147,16 +155,24 @@ impl Vectors {
 pub struct Observer {
     n: usize,
     t: usize,
+    /// Pools a message passes.
+    pools: usize,
+    /// Stages followed: pools + 2 (loops pass one pool more than messages).
+    stages: usize,
     emitted: Vec<u64>,
     emitted_fwd: Vec<u64>,
     arrived: Vec<u64>,
     arrived_fwd: Vec<u64>,
+    /// Per stage: arrivals, and those held and forwarded.
+    stage_arrived: [u64; MAX_STAGES],
+    stage_pooled: [u64; MAX_STAGES],
     count: Vec<f64>,
     tpool: Vec<f32>,
     tmass: Vec<f32>,
     tslab: Slab,
     senders: bool,
     spool: Vec<f32>,
+    smass: Vec<f32>,
     sslab: Slab,
     scratch: Vec<f32>,
     targets: Vec<Target>,
@@ -174,25 +190,43 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// An observer of `n` nodes following `t` targets at a time (waves of at most
-    /// `wave_seconds`, ended once less than `residue` of each target's mass is in flight),
-    /// with sender vectors if `senders`.
-    pub fn new(n: usize, t: usize, senders: bool, wave_seconds: f64, residue: f64) -> Self {
+    /// An observer of `n` nodes whose messages pass `pools` pools, following `t` targets
+    /// at a time (waves of at most `wave_seconds`, ended once less than `residue` of each
+    /// target's mass is in flight), with sender vectors if `senders`.
+    pub fn new(
+        n: usize,
+        pools: usize,
+        t: usize,
+        senders: bool,
+        wave_seconds: f64,
+        residue: f64,
+    ) -> Self {
+        let pools = pools.clamp(1, MAX_STAGES - 2);
+        let stages = pools + 2;
         Observer {
             n,
             t,
+            pools,
+            stages,
             emitted: vec![0; n],
             emitted_fwd: vec![0; n],
             arrived: vec![0; n],
             arrived_fwd: vec![0; n],
+            stage_arrived: [0; MAX_STAGES],
+            stage_pooled: [0; MAX_STAGES],
             count: vec![0.0; n],
-            tpool: vec![0.0; n * t],
+            tpool: vec![0.0; n * t * stages],
             tmass: vec![0.0; n],
-            tslab: Slab::new(t),
+            tslab: Slab::new(t * stages),
             senders,
-            spool: if senders { vec![0.0; n * n] } else { vec![] },
-            sslab: Slab::new(n),
-            scratch: vec![0.0; t.max(if senders { n } else { 0 })],
+            spool: if senders {
+                vec![0.0; n * n * stages]
+            } else {
+                vec![]
+            },
+            smass: if senders { vec![0.0; n] } else { vec![] },
+            sslab: Slab::new(n * stages),
+            scratch: vec![0.0; (t * stages).max(if senders { n * stages } else { 0 })],
             targets: Vec::with_capacity(t),
             recv: vec![0.0; n * t],
             touched: vec![Vec::new(); t],
@@ -220,9 +254,14 @@ impl Observer {
         ((self.emitted_fwd[x] as f64 + 0.5) / (self.emitted[x] as f64 + 1.0)) as f32
     }
 
-    /// psi_Y: the share of Y's arrivals that it forwards.
+    /// psi_Y: the share of Y's arrivals that it holds and forwards.
     fn psi(&self, y: usize) -> f32 {
         ((self.arrived_fwd[y] as f64 + 0.5) / (self.arrived[y] as f64 + 1.0)) as f32
+    }
+
+    /// psi_s: the share of arrivals at stage s that are held and forwarded.
+    fn psi_stage(&self, s: usize) -> f32 {
+        ((self.stage_pooled[s] as f64 + 0.5) / (self.stage_arrived[s] as f64 + 1.0)) as f32
     }
 
     /// Whether a wave waits for targets: the next message packet offered becomes one.
@@ -251,6 +290,13 @@ impl Observer {
             return Vectors::NONE;
         }
         if let Some(v) = linked {
+            // through a node that tells: the same mass, one pool further
+            if v.target != NONE {
+                shift(self.tslab.get_mut(v.target), self.t);
+            }
+            if v.sender != NONE {
+                shift(self.sslab.get_mut(v.sender), self.n);
+            }
             return v;
         }
         let phi = self.phi(x);
@@ -262,6 +308,7 @@ impl Observer {
         let frac = if c > 0.0 { (phi / c).min(1.0) } else { 0.0 };
         self.count[x] = (self.count[x] - f64::from(phi)).max(0.0);
         let mut out = Vectors::NONE;
+        let stages = self.stages;
         // targets
         if let Some((origin, receiver)) = target.filter(|(o, _)| self.wants_target(*o)) {
             let j = self.targets.len();
@@ -275,117 +322,116 @@ impl Observer {
                 pruned: 0.0,
             });
             let v = self.tslab.alloc();
+            // stage 0: the observer knows this datagram is the target
             self.tslab.get_mut(v)[j] = 1.0;
             out.target = v;
         } else if frac > 0.0 && self.tmass[x] > 0.0 {
             let t = self.t;
-            let row = &mut self.tpool[x * t..(x + 1) * t];
-            let mut drawn = 0.0;
-            let mut heavy = false;
-            for (s, p) in self.scratch[..t].iter_mut().zip(row.iter_mut()) {
-                *s = frac * *p;
-                *p -= *s;
-                drawn += *s;
-                heavy |= *s > PRUNE;
-            }
-            self.tmass[x] = (self.tmass[x] - drawn).max(0.0);
-            if frac >= 1.0 {
-                row.fill(0.0);
-                self.tmass[x] = 0.0;
-            }
+            let dim = t * stages;
+            let row = &mut self.tpool[x * dim..(x + 1) * dim];
+            let scratch = &mut self.scratch[..dim];
+            scratch.fill(0.0);
+            let (drawn, heavy) = draw(row, scratch, frac, t);
+            self.tmass[x] = if frac >= 1.0 {
+                0.0
+            } else {
+                (self.tmass[x] - drawn).max(0.0)
+            };
             if heavy {
                 let v = self.tslab.alloc();
-                self.tslab.get_mut(v).copy_from_slice(&self.scratch[..t]);
+                self.tslab.get_mut(v).copy_from_slice(scratch);
                 out.target = v;
             } else {
                 for (j, tg) in self.targets.iter_mut().enumerate() {
-                    tg.pruned += f64::from(self.scratch[j]);
+                    let m: f32 = (0..stages).map(|s| scratch[s * t + j]).sum();
+                    tg.pruned += f64::from(m);
                 }
             }
         }
-        // senders: phi of the pool, 1 - phi on x itself, normalised
+        // senders: phi of the pool one stage on, 1 - phi on x itself at stage 0
         if self.senders {
             let n = self.n;
+            let dim = n * stages;
             let v = self.sslab.alloc();
-            let row = &mut self.spool[x * n..(x + 1) * n];
             let d = self.sslab.get_mut(v);
-            let mut sum = 0.0f32;
-            if frac > 0.0 {
-                for (o, p) in d.iter_mut().zip(row.iter_mut()) {
-                    let m = frac * *p;
-                    *o = m;
-                    *p -= m;
-                    sum += m;
-                }
+            let mut own = 1.0;
+            if frac > 0.0 && self.smass[x] > 0.0 {
+                let row = &mut self.spool[x * dim..(x + 1) * dim];
+                let (drawn, _) = draw(row, d, frac, n);
+                self.smass[x] = if frac >= 1.0 {
+                    0.0
+                } else {
+                    (self.smass[x] - drawn).max(0.0)
+                };
+                own = 1.0 - phi;
             }
-            let own = if frac > 0.0 { 1.0 - phi } else { 1.0 };
             d[x] += own;
-            sum += own;
-            if sum > 0.0 {
-                for o in d.iter_mut() {
-                    *o /= sum;
-                }
-            }
             out.sender = v;
         }
         out
     }
 
-    /// A datagram carrying `v` reaches node `y`: pooled with probability psi_Y, ended there
-    /// otherwise. `forward`: whether `y` truly forwards it (for psi's running ratio).
-    /// `linked`: the observer links it through `y` (a delay-skipping node), so it keeps its
-    /// vectors (returned) if `y` forwards it, and ends at `y` for sure otherwise. Returns
-    /// the vectors the packet keeps ([`Vectors::NONE`] unless linked and forwarded) and,
-    /// when `sender_entropy`, the entropy of its sender vector (bits).
+    /// A datagram carrying `v` reaches node `y`. `stage`: the pools it truly passed;
+    /// `pooled`: whether `y` truly holds and forwards it (both for the running ratios
+    /// only). `linked`: the observer links it through `y` (a delay-skipping node), so it
+    /// keeps its vectors (returned) when `y` forwards it. Returns the vectors the packet
+    /// keeps ([`Vectors::NONE`] unless linked and forwarded) and, when `sender_entropy`,
+    /// the entropy of its sender distribution (bits): the stage-`pools` part, normalised.
     pub fn arrive(
         &mut self,
         y: usize,
         v: Vectors,
-        forward: bool,
+        stage: usize,
+        pooled: bool,
         linked: bool,
         sender_entropy: bool,
     ) -> (Vectors, Option<f64>) {
+        let stages = self.stages;
         let h = if sender_entropy && v.sender != NONE {
-            Some(entropy_bits(self.sslab.get(v.sender)))
+            let n = self.n;
+            let d = self.sslab.get(v.sender);
+            Some(entropy_bits(&d[self.pools * n..(self.pools + 1) * n]))
         } else {
             None
         };
-        if linked && forward {
+        if linked && pooled {
             return (v, h);
         }
-        let psi = if linked {
-            0.0
-        } else {
-            let psi = self.psi(y);
-            self.arrived[y] += 1;
-            if forward {
-                self.arrived_fwd[y] += 1;
-            }
-            self.count[y] += f64::from(psi);
-            psi
-        };
+        let psi = self.psi(y);
+        self.arrived[y] += 1;
+        let s = stage.min(stages - 1);
+        self.stage_arrived[s] += 1;
+        if pooled {
+            self.arrived_fwd[y] += 1;
+            self.stage_pooled[s] += 1;
+        }
+        self.count[y] += f64::from(psi);
         if v.target != NONE {
             let t = self.t;
+            let dim = t * stages;
             let d = self.tslab.get(v.target);
-            let row = &mut self.tpool[y * t..(y + 1) * t];
+            let row = &mut self.tpool[y * dim..(y + 1) * dim];
             let mut added = 0.0;
-            for (j, (p, &m)) in row.iter_mut().zip(d).enumerate() {
-                if m <= 0.0 {
-                    continue;
-                }
-                *p += psi * m;
-                added += psi * m;
-                let ended = f64::from((1.0 - psi) * m);
-                if ended > 0.0
-                    && let Some(tg) = self.targets.get_mut(j)
-                {
-                    tg.s1 += ended;
-                    tg.s2 += ended * ended.ln();
-                    let r = &mut self.recv[j * self.n + y];
-                    if *r == 0.0 {
-                        self.touched[j].push(y as u32);
+            for s in 0..stages {
+                for j in 0..t {
+                    let m = d[s * t + j];
+                    if m <= 0.0 {
+                        continue;
                     }
-                    *r += ended;
+                    if s < self.pools {
+                        // a message before its last pool is held here
+                        row[s * t + j] += m;
+                        added += m;
+                    } else if let Some(tg) = self.targets.get_mut(j) {
+                        let ended = f64::from(m);
+                        tg.s1 += ended;
+                        tg.s2 += ended * ended.ln();
+                        let r = &mut self.recv[j * self.n + y];
+                        if *r == 0.0 {
+                            self.touched[j].push(y as u32);
+                        }
+                        *r += ended;
+                    }
                 }
             }
             self.tmass[y] += added;
@@ -393,10 +439,21 @@ impl Observer {
         }
         if v.sender != NONE {
             let n = self.n;
+            let dim = n * stages;
+            let psis: Vec<f32> = (0..stages).map(|s| self.psi_stage(s)).collect();
             let d = self.sslab.get(v.sender);
-            for (p, &m) in self.spool[y * n..(y + 1) * n].iter_mut().zip(d) {
-                *p += psi * m;
+            let row = &mut self.spool[y * dim..(y + 1) * dim];
+            let mut added = 0.0;
+            for (s, &p) in psis.iter().enumerate() {
+                for (r, &m) in row[s * n..(s + 1) * n]
+                    .iter_mut()
+                    .zip(&d[s * n..(s + 1) * n])
+                {
+                    *r += p * m;
+                    added += p * m;
+                }
             }
+            self.smass[y] += added;
             self.sslab.release(v.sender);
         }
         (Vectors::NONE, h)
@@ -406,8 +463,10 @@ impl Observer {
     /// its receiver was down): its mass is lost.
     pub fn lost(&mut self, v: Vectors) {
         if v.target != NONE {
+            let t = self.t;
             let d = self.tslab.get(v.target);
-            for (tg, &m) in self.targets.iter_mut().zip(d) {
+            for (j, tg) in self.targets.iter_mut().enumerate() {
+                let m: f32 = (0..self.stages).map(|s| d[s * t + j]).sum();
                 tg.lost += f64::from(m);
             }
             self.tslab.release(v.target);
@@ -418,19 +477,19 @@ impl Observer {
     /// Node `x` went down: what its pools held is lost.
     pub fn node_down(&mut self, x: usize) {
         let t = self.t;
-        for (tg, p) in self
-            .targets
-            .iter_mut()
-            .zip(&mut self.tpool[x * t..(x + 1) * t])
-        {
-            tg.lost += f64::from(*p);
-            *p = 0.0;
+        let dim = t * self.stages;
+        let row = &mut self.tpool[x * dim..(x + 1) * dim];
+        for (j, tg) in self.targets.iter_mut().enumerate() {
+            let m: f32 = (0..self.stages).map(|s| row[s * t + j]).sum();
+            tg.lost += f64::from(m);
         }
+        row.fill(0.0);
         self.tmass[x] = 0.0;
         self.count[x] = 0.0;
         if self.senders {
-            let n = self.n;
-            self.spool[x * n..(x + 1) * n].fill(0.0);
+            let dim = self.n * self.stages;
+            self.spool[x * dim..(x + 1) * dim].fill(0.0);
+            self.smass[x] = 0.0;
         }
     }
 
@@ -498,6 +557,41 @@ impl Observer {
         self.tpool.fill(0.0);
         self.tmass.fill(0.0);
         self.tslab.clear();
+    }
+}
+
+/// Draws `frac` of a pool `row` (stages of `width`) into `out`, one stage further: returns
+/// the mass drawn and whether any entry is worth carrying.
+fn draw(row: &mut [f32], out: &mut [f32], frac: f32, width: usize) -> (f32, bool) {
+    let stages = row.len() / width.max(1);
+    let mut drawn = 0.0;
+    let mut heavy = false;
+    for s in 0..stages {
+        let to = (s + 1).min(stages - 1);
+        for j in 0..width {
+            let p = &mut row[s * width + j];
+            if *p == 0.0 {
+                continue;
+            }
+            let m = if frac >= 1.0 { *p } else { frac * *p };
+            *p -= m;
+            out[to * width + j] += m;
+            drawn += m;
+            heavy |= m > PRUNE;
+        }
+    }
+    (drawn, heavy)
+}
+
+/// Moves a vector's mass one stage on (the last stage keeps its own).
+fn shift(v: &mut [f32], width: usize) {
+    let stages = v.len() / width.max(1);
+    for s in (1..stages).rev() {
+        for j in 0..width {
+            let m = v[(s - 1) * width + j];
+            v[s * width + j] += m;
+            v[(s - 1) * width + j] = 0.0;
+        }
     }
 }
 
@@ -622,7 +716,7 @@ mod tests {
         let k = 8;
         // node 0..k-1 senders, node k the mix, node k+1 the receiver
         let n = k + 2;
-        let mut o = Observer::new(n, k, true, 1e9, 1e-6);
+        let mut o = Observer::new(n, 1, k, true, 1e9, 1e-6);
         assert!(!o.tick(0.0, 0.0));
         let mix = k;
         // make the mix's shares exactly forwarding (psi = phi = 1) and the receiver's 0
@@ -631,6 +725,8 @@ mod tests {
         o.arrived[mix] = u64::MAX / 4;
         o.arrived_fwd[mix] = u64::MAX / 4;
         o.arrived[k + 1] = u64::MAX / 4;
+        o.stage_arrived[0] = u64::MAX / 4;
+        o.stage_pooled[0] = u64::MAX / 4;
         let mut inputs = Vec::new();
         for s in 0..k {
             let v = o.emit(0.0, s, false, false, None, Some((s as u32, (k + 1) as u32)));
@@ -638,7 +734,7 @@ mod tests {
             inputs.push(v);
         }
         for v in inputs {
-            o.arrive(mix, v, true, false, false);
+            o.arrive(mix, v, 0, true, false, false);
         }
         let mut outputs = Vec::new();
         for _ in 0..k {
@@ -646,7 +742,7 @@ mod tests {
         }
         let mut hs = Vec::new();
         for v in outputs {
-            let (_, h) = o.arrive(k + 1, v, false, false, true);
+            let (_, h) = o.arrive(k + 1, v, 1, false, false, true);
             hs.push(h.unwrap());
         }
         assert!(o.tick(1.0, 0.0));
@@ -669,10 +765,15 @@ mod tests {
 
     #[test]
     fn a_node_that_only_sends_its_own_leaks_its_sender_and_a_known_packet_no_mass() {
-        let mut o = Observer::new(4, 1, true, 1e9, 1e-6);
+        let mut o = Observer::new(4, 1, 1, true, 1e9, 1e-6);
+        // a datagram node 1 originates, then node 2 holds it and sends it on to node 3
         let v = o.emit(0.0, 1, false, false, None, None);
-        let (_, h) = o.arrive(2, v, false, false, true);
-        assert_eq!(h, Some(0.0));
+        o.arrive(2, v, 0, true, false, false);
+        o.emitted[2] = 1000;
+        o.emitted_fwd[2] = 1000;
+        let w = o.emit(0.0, 2, true, false, None, None);
+        let (_, h) = o.arrive(3, w, 1, false, false, true);
+        assert!(h.unwrap().abs() < 1e-6, "{h:?}");
         assert_eq!(o.emit(0.0, 3, true, true, None, None), Vectors::NONE);
         assert!((entropy_bits(&[1.0, 1.0, 1.0, 1.0]) - 2.0).abs() < 1e-9);
     }

@@ -106,8 +106,9 @@ fn the_observer_reproduces_mixims_figure_within_five_percent() {
     assert!((latency - 1.0).abs() < 0.05, "latency {latency}");
 }
 
-/// More mixing delay, more entropy; a longer path, more latency; with no load beyond
-/// cover, a node's emissions tell nothing of its sending (classifier near chance).
+/// More mixing delay, more message entropy and more latency; every node a mix, the
+/// sender of a message is hidden among nearly all N; a node's emissions tell nothing of
+/// its sending (the classifier at chance).
 #[test]
 fn the_paper_design_mixes_more_with_longer_delays_and_hides_sending() {
     let sc = scenario(SMALL);
@@ -119,7 +120,10 @@ fn the_paper_design_mixes_more_with_longer_delays_and_hides_sending() {
         long.message_entropy(),
         short.message_entropy()
     );
-    assert!(long.sender_entropy() > short.sender_entropy());
+    let max = (60f64).log2();
+    for r in &runs {
+        assert!(r.sender_entropy() > 0.9 * max, "{}", r.sender_entropy());
+    }
     assert!(long.counts.latency.mean() > short.counts.latency.mean());
     for r in &runs {
         assert!(r.delivery() > 0.9, "{}", r.delivery());

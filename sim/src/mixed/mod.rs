@@ -265,6 +265,7 @@ impl Mixed {
         }
         let mut observer = Observer::new(
             n,
+            (sc.network.hops as usize).saturating_sub(1).max(1),
             sc.metrics.targets,
             sc.metrics.sender_vectors,
             sc.metrics.wave_seconds,
@@ -401,6 +402,7 @@ impl Mixed {
         let y = p.node() as usize;
         let measuring = self.measuring();
         let known = p.kind == Kind::Flood;
+        let stage = usize::from(p.at);
         if !known {
             self.watch.classifier.datagram(y, false);
         }
@@ -410,7 +412,7 @@ impl Mixed {
             }
             self.watch
                 .observer
-                .arrive(y, Vectors::NONE, false, false, false);
+                .arrive(y, Vectors::NONE, stage, false, false, false);
             self.packets.remove(i);
             return;
         }
@@ -421,7 +423,7 @@ impl Mixed {
                 let (_, h) = self
                     .watch
                     .observer
-                    .arrive(y, p.vectors, false, linked, want);
+                    .arrive(y, p.vectors, stage, false, linked, want);
                 if let (Some(h), true) = (h, measuring) {
                     self.watch
                         .counts
@@ -451,7 +453,7 @@ impl Mixed {
             if !known {
                 self.watch
                     .observer
-                    .arrive(y, p.vectors, false, false, false);
+                    .arrive(y, p.vectors, stage, false, false, false);
             }
             self.packets.remove(i);
             return;
@@ -461,7 +463,7 @@ impl Mixed {
         } else {
             self.watch
                 .observer
-                .arrive(y, p.vectors, true, linked, false)
+                .arrive(y, p.vectors, stage, true, linked, false)
                 .0
         };
         let delay = if linked {
