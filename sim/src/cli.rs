@@ -103,6 +103,12 @@ pub fn write_outputs(out: &Path, seed: u64, all: &[Series]) -> Result<()> {
                 report::senders_csv(&s.runs),
             )?;
         }
+        if s.runs.iter().any(|r| !r.watched.is_empty()) {
+            std::fs::write(
+                out.join(format!("{stem}-watch.csv")),
+                report::watched_csv(&s.runs),
+            )?;
+        }
         if s.runs.iter().any(|r| !r.counts.alarms.is_empty()) {
             std::fs::write(
                 out.join(format!("{stem}-alarms.csv")),

@@ -84,6 +84,21 @@ pub fn run_one(
     })
 }
 
+/// The window of the first attack on the watched node (an (n-1) attacker or a flooder
+/// whose target is `metrics.watch`).
+pub fn attack_window(sc: &Scenario) -> Option<(f64, f64)> {
+    let watched = sc.metrics.watch?;
+    sc.adversary.iter().find_map(|a| match *a {
+        scenario::Adversary::NMinusOne {
+            target, start, end, ..
+        }
+        | scenario::Adversary::Flooder {
+            target, start, end, ..
+        } if target == watched => Some((start, end)),
+        _ => None,
+    })
+}
+
 /// The design, as a word.
 pub fn design_name(sc: &Scenario) -> &'static str {
     match sc.design {

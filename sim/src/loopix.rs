@@ -217,7 +217,10 @@ impl Loopix {
             classifier: self.watch.classifier.accuracy(),
             targets: std::mem::take(&mut self.watch.observer.results),
             waves_cut: self.watch.observer.waves_cut,
+            watched: std::mem::take(&mut self.watch.observer.watched),
+            attack: crate::attack_window(&self.sc),
             counts: self.watch.counts,
+            warmup,
             nodes: n,
             measured_seconds: self.sc.seconds - warmup,
         }

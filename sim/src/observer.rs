@@ -47,6 +47,10 @@ pub const NONE: u32 = u32::MAX;
 /// A vector lighter than this in every entry is not carried (its mass counts as pruned).
 const PRUNE: f32 = 1e-7;
 
+/// The window of the running shares phi and psi, in datagrams of the node: long enough to
+/// be steady, short enough to follow a node that changes (an attacked node in high alert).
+const SHARE_WINDOW: f32 = 512.0;
+
 /// Most stages followed (a datagram past them keeps the last).
 pub const MAX_STAGES: usize = 8;
 
@@ -159,10 +163,9 @@ pub struct Observer {
     pools: usize,
     /// Stages followed: pools + 2 (loops pass one pool more than messages).
     stages: usize,
-    emitted: Vec<u64>,
-    emitted_fwd: Vec<u64>,
-    arrived: Vec<u64>,
-    arrived_fwd: Vec<u64>,
+    /// phi_X and psi_X as running averages over the last ~[`SHARE_WINDOW`] datagrams.
+    phi: Vec<f32>,
+    psi: Vec<f32>,
     /// Per stage: arrivals, and those held and forwarded.
     stage_arrived: [u64; MAX_STAGES],
     stage_pooled: [u64; MAX_STAGES],
@@ -185,6 +188,10 @@ pub struct Observer {
     residue: f64,
     /// Every target followed to its end.
     pub results: Vec<TargetResult>,
+    /// With sender vectors and a watched node: per datagram it sent, (time, the entropy of
+    /// who originated it, all stages together): how well the watched node's sending hides
+    /// among its forwarding (sender unobservability).
+    pub watched: Vec<(f64, f64)>,
     /// Waves ended by their time limit rather than by their mass leaving.
     pub waves_cut: u64,
 }
@@ -208,10 +215,8 @@ impl Observer {
             t,
             pools,
             stages,
-            emitted: vec![0; n],
-            emitted_fwd: vec![0; n],
-            arrived: vec![0; n],
-            arrived_fwd: vec![0; n],
+            phi: vec![0.5; n],
+            psi: vec![0.5; n],
             stage_arrived: [0; MAX_STAGES],
             stage_pooled: [0; MAX_STAGES],
             count: vec![0.0; n],
@@ -235,6 +240,7 @@ impl Observer {
             wave_seconds,
             residue,
             results: Vec::new(),
+            watched: Vec::new(),
             waves_cut: 0,
         }
     }
@@ -249,14 +255,14 @@ impl Observer {
         self.senders
     }
 
-    /// phi_X: the share of X's emissions that are forwards.
+    /// phi_X: the share of X's recent emissions that are forwards.
     fn phi(&self, x: usize) -> f32 {
-        ((self.emitted_fwd[x] as f64 + 0.5) / (self.emitted[x] as f64 + 1.0)) as f32
+        self.phi[x]
     }
 
-    /// psi_Y: the share of Y's arrivals that it holds and forwards.
+    /// psi_Y: the share of Y's recent arrivals that it holds and forwards.
     fn psi(&self, y: usize) -> f32 {
-        ((self.arrived_fwd[y] as f64 + 0.5) / (self.arrived[y] as f64 + 1.0)) as f32
+        self.psi[y]
     }
 
     /// psi_s: the share of arrivals at stage s that are held and forwarded.
@@ -300,10 +306,7 @@ impl Observer {
             return v;
         }
         let phi = self.phi(x);
-        self.emitted[x] += 1;
-        if forward {
-            self.emitted_fwd[x] += 1;
-        }
+        self.phi[x] += (f32::from(u8::from(forward)) - phi) / SHARE_WINDOW;
         let c = self.count[x] as f32;
         let frac = if c > 0.0 { (phi / c).min(1.0) } else { 0.0 };
         self.count[x] = (self.count[x] - f64::from(phi)).max(0.0);
@@ -366,6 +369,15 @@ impl Observer {
                 own = 1.0 - phi;
             }
             d[x] += own;
+            if self.watch == Some(x as u32) {
+                let mut by_origin = vec![0.0f32; n];
+                for s in 0..stages {
+                    for (o, m) in by_origin.iter_mut().zip(&d[s * n..(s + 1) * n]) {
+                        *o += m;
+                    }
+                }
+                self.watched.push((now, entropy_bits(&by_origin)));
+            }
             out.sender = v;
         }
         out
@@ -398,11 +410,10 @@ impl Observer {
             return (v, h);
         }
         let psi = self.psi(y);
-        self.arrived[y] += 1;
+        self.psi[y] += (f32::from(u8::from(pooled)) - psi) / SHARE_WINDOW;
         let s = stage.min(stages - 1);
         self.stage_arrived[s] += 1;
         if pooled {
-            self.arrived_fwd[y] += 1;
             self.stage_pooled[s] += 1;
         }
         self.count[y] += f64::from(psi);
@@ -719,12 +730,11 @@ mod tests {
         let mut o = Observer::new(n, 1, k, true, 1e9, 1e-6);
         assert!(!o.tick(0.0, 0.0));
         let mix = k;
-        // make the mix's shares exactly forwarding (psi = phi = 1) and the receiver's 0
-        o.emitted[mix] = u64::MAX / 4;
-        o.emitted_fwd[mix] = u64::MAX / 4;
-        o.arrived[mix] = u64::MAX / 4;
-        o.arrived_fwd[mix] = u64::MAX / 4;
-        o.arrived[k + 1] = u64::MAX / 4;
+        // make the mix's shares exactly forwarding (psi = phi = 1) and the others' 0
+        o.phi.fill(0.0);
+        o.psi.fill(0.0);
+        o.phi[mix] = 1.0;
+        o.psi[mix] = 1.0;
         o.stage_arrived[0] = u64::MAX / 4;
         o.stage_pooled[0] = u64::MAX / 4;
         let mut inputs = Vec::new();
@@ -769,8 +779,7 @@ mod tests {
         // a datagram node 1 originates, then node 2 holds it and sends it on to node 3
         let v = o.emit(0.0, 1, false, false, None, None);
         o.arrive(2, v, 0, true, false, false);
-        o.emitted[2] = 1000;
-        o.emitted_fwd[2] = 1000;
+        o.phi[2] = 1.0;
         let w = o.emit(0.0, 2, true, false, None, None);
         let (_, h) = o.arrive(3, w, 1, false, false, true);
         assert!(h.unwrap().abs() < 1e-6, "{h:?}");

@@ -145,10 +145,16 @@ pub struct Summary {
     pub waves_cut: u64,
     /// Balanced accuracy of the idle-vs-sending classifier, and of idle-vs-receiving.
     pub classifier: (Option<f64>, Option<f64>),
+    /// The watched node's emissions: (time, entropy of their origin, bits).
+    pub watched: Vec<(f64, f64)>,
+    /// The attack window, if an adversary attacks the watched node: (start, end).
+    pub attack: Option<(f64, f64)>,
     /// Nodes.
     pub nodes: usize,
     /// Seconds measured (after the warm-up).
     pub measured_seconds: f64,
+    /// The warm-up, seconds.
+    pub warmup: f64,
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
@@ -206,6 +212,23 @@ impl Summary {
         self.counts.datagrams[COVER] as f64 / self.datagrams().max(1) as f64
     }
 
+    /// Mean entropy of the watched node's emissions before the attack (after the warm-up),
+    /// during it, and after it, bits.
+    pub fn watched_entropy(&self, warmup: f64) -> [f64; 3] {
+        let Some((a, b)) = self.attack else {
+            return [mean(self.watched.iter().map(|w| w.1)), f64::NAN, f64::NAN];
+        };
+        let window = |lo: f64, hi: f64| {
+            mean(
+                self.watched
+                    .iter()
+                    .filter(|w| w.0 >= lo && w.0 < hi)
+                    .map(|w| w.1),
+            )
+        };
+        [window(warmup, a), window(a, b), window(b, f64::INFINITY)]
+    }
+
     /// The first alarm raised, seconds.
     pub fn first_alarm(&self) -> Option<f64> {
         self.counts.alarms.iter().find(|a| a.raised).map(|a| a.time)
@@ -213,7 +236,7 @@ impl Summary {
 }
 
 /// The header of `summary.csv`.
-pub const SUMMARY_HEADER: &str = "scenario,design,fidelity,seed,value,nodes,measured_s,messages,delivered,delivered_stored,failed,delivery,latency_mean_s,latency_p50_s,latency_p99_s,message_entropy_bits,receiver_entropy_bits,sender_entropy_bits,targets,waves_cut,who_talks_to_whom,chance_who,classifier_sending,classifier_receiving,datagrams,cover_share,drop_share,lost_link,lost_down,cut,dropped_budget,dropped_alert,dropped_not_forwarding,replays_caught,alarms_raised,first_alarm_s,events\n";
+pub const SUMMARY_HEADER: &str = "scenario,design,fidelity,seed,value,nodes,measured_s,messages,delivered,delivered_stored,failed,delivery,latency_mean_s,latency_p50_s,latency_p99_s,message_entropy_bits,receiver_entropy_bits,sender_entropy_bits,targets,waves_cut,who_talks_to_whom,chance_who,classifier_sending,classifier_receiving,datagrams,cover_share,drop_share,lost_link,lost_down,cut,dropped_budget,dropped_alert,dropped_not_forwarding,replays_caught,alarms_raised,first_alarm_s,watched_entropy_before,watched_entropy_during,watched_entropy_after,events\n";
 
 fn f(x: f64) -> String {
     if x.is_nan() {
@@ -231,8 +254,9 @@ fn o(x: Option<f64>) -> String {
 pub fn summary_row(s: &Summary, scenario: &str, design: &str, fidelity: &str, seed: u64) -> String {
     let c = &s.counts;
     let raised = c.alarms.iter().filter(|a| a.raised).count();
+    let w = s.watched_entropy(s.warmup);
     format!(
-        "{scenario},{design},{fidelity},{seed},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+        "{scenario},{design},{fidelity},{seed},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
         f(s.value),
         s.nodes,
         f(s.measured_seconds),
@@ -265,6 +289,9 @@ pub fn summary_row(s: &Summary, scenario: &str, design: &str, fidelity: &str, se
         c.replays_caught,
         raised,
         o(s.first_alarm()),
+        f(w[0]),
+        f(w[1]),
+        f(w[2]),
         c.events,
     )
 }
@@ -299,6 +326,17 @@ pub fn senders_csv(runs: &[Summary]) -> String {
     for s in runs {
         for (t, x, h) in &s.counts.sender_entropy {
             let _ = writeln!(out, "{},{},{},{}", f(s.value), f(*t), x, f(*h));
+        }
+    }
+    out
+}
+
+/// `watch.csv`: the entropy of every datagram the watched node sent.
+pub fn watched_csv(runs: &[Summary]) -> String {
+    let mut out = String::from("value,time_s,origin_entropy_bits\n");
+    for s in runs {
+        for (t, h) in &s.watched {
+            let _ = writeln!(out, "{},{},{}", f(s.value), f(*t), f(*h));
         }
     }
     out

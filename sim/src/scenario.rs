@@ -344,7 +344,8 @@ pub enum Adversary {
 pub struct Sweep {
     /// Which parameter: `mean_delay_ms` (both designs), `loss`, `churn`, `senders`,
     /// `loopix_cover` (lambda_D = lambda_L = value, lambda_P = rate + value), `bandwidth`
-    /// (B of every node).
+    /// (B of every node), `skip_fraction`, `drop_fraction` (of those adversaries),
+    /// `flood_rate` (of the flooders).
     pub parameter: String,
     /// Its values.
     pub values: Vec<f64>,
@@ -480,6 +481,26 @@ impl Scenario {
             "bandwidth" => {
                 for c in &mut s.network.bandwidth {
                     c.b = value;
+                }
+            }
+            "skip_fraction" | "drop_fraction" => {
+                for a in &mut s.adversary {
+                    match a {
+                        Adversary::SkipDelays { fraction } if parameter == "skip_fraction" => {
+                            *fraction = value
+                        }
+                        Adversary::Drop { fraction } if parameter == "drop_fraction" => {
+                            *fraction = value
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            "flood_rate" => {
+                for a in &mut s.adversary {
+                    if let Adversary::Flooder { rate, .. } = a {
+                        *rate = value;
+                    }
                 }
             }
             "loopix_cover" => {

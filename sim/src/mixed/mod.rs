@@ -345,7 +345,10 @@ impl Mixed {
             classifier: self.watch.classifier.accuracy(),
             targets: std::mem::take(&mut self.watch.observer.results),
             waves_cut: self.watch.observer.waves_cut,
+            watched: std::mem::take(&mut self.watch.observer.watched),
+            attack: crate::attack_window(&self.sc),
             counts: self.watch.counts,
+            warmup,
             nodes: self.nodes.len(),
             measured_seconds: self.sc.seconds - warmup,
         }
