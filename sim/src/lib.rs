@@ -25,6 +25,7 @@ pub mod mixed;
 pub mod observer;
 pub mod paths;
 pub mod plot;
+pub mod real;
 pub mod report;
 pub mod scenario;
 pub mod world;
@@ -80,7 +81,7 @@ pub fn run_one(
     Ok(match (sc.design, sc.fidelity) {
         (Design::Mixed, Fidelity::Fast) => mixed::Mixed::new(sc, seed)?.run(progress),
         (Design::Loopix, _) => loopix::Loopix::new(sc, seed).run(progress),
-        (Design::Mixed, Fidelity::Engine) => return Err(RunError::Engine("not yet".into())),
+        (Design::Mixed, Fidelity::Engine) => real::run(sc, seed, progress)?,
     })
 }
 

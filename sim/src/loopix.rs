@@ -437,6 +437,10 @@ impl Loopix {
         }
         if end {
             if let Kind::Message { slot, generation } = p.kind {
+                if self.measuring() {
+                    let t = self.t();
+                    self.watch.counts.packet_latency.add(t - p.sent_at);
+                }
                 self.delivered(slot, generation);
             }
             self.packets.remove(i);

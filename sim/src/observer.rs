@@ -194,6 +194,10 @@ pub struct Observer {
     pub watched: Vec<(f64, f64)>,
     /// Waves ended by their time limit rather than by their mass leaving.
     pub waves_cut: u64,
+    /// Waves ended so far.
+    wave: u64,
+    /// The target the last [`Observer::emit`] made, if it made one.
+    last_target: Option<usize>,
 }
 
 impl Observer {
@@ -242,6 +246,28 @@ impl Observer {
             results: Vec::new(),
             watched: Vec::new(),
             waves_cut: 0,
+            wave: 0,
+            last_target: None,
+        }
+    }
+
+    /// The current wave (a count of the waves ended).
+    pub fn wave(&self) -> u64 {
+        self.wave
+    }
+
+    /// The target the last [`Self::emit`] made: its index in the wave.
+    pub fn last_target(&self) -> Option<usize> {
+        self.last_target
+    }
+
+    /// Target `j` of wave `wave` turned out to be for `receiver` (when the driver learns
+    /// the recipient only as the packet ends); ignored once the wave is over.
+    pub fn set_receiver(&mut self, wave: u64, j: usize, receiver: u32) {
+        if wave == self.wave
+            && let Some(t) = self.targets.get_mut(j)
+        {
+            t.receiver = receiver;
         }
     }
 
@@ -292,6 +318,7 @@ impl Observer {
         linked: Option<Vectors>,
         target: Option<(u32, u32)>,
     ) -> Vectors {
+        self.last_target = None;
         if known {
             return Vectors::NONE;
         }
@@ -315,6 +342,7 @@ impl Observer {
         // targets
         if let Some((origin, receiver)) = target.filter(|(o, _)| self.wants_target(*o)) {
             let j = self.targets.len();
+            self.last_target = Some(j);
             self.targets.push(Target {
                 start: now,
                 origin,
@@ -565,6 +593,7 @@ impl Observer {
             list.clear();
         }
         self.targets.clear();
+        self.wave += 1;
         self.tpool.fill(0.0);
         self.tmass.fill(0.0);
         self.tslab.clear();
@@ -633,6 +662,8 @@ pub struct Classifier {
     next: f64,
     current: Vec<[u32; 2]>,
     label: Vec<[bool; 2]>,
+    /// The node was down for part of the window: not a window of an up node's behaviour.
+    absent: Vec<bool>,
     /// Per node: the windows so far (emitted, arrived, sent, received).
     history: Vec<VecDeque<(u32, u32, bool, bool)>>,
 }
@@ -648,6 +679,7 @@ impl Classifier {
             next: start + window,
             current: vec![[0; 2]; n],
             label: vec![[false; 2]; n],
+            absent: vec![false; n],
             history: vec![VecDeque::new(); n],
         }
     }
@@ -662,22 +694,32 @@ impl Classifier {
         self.label[x][usize::from(!sent)] = true;
     }
 
+    /// Node `x` went down or came up in this window: the window is left out (that a node
+    /// is offline shows anyway; the question is what an online node's traffic tells).
+    pub fn absent(&mut self, x: usize) {
+        self.absent[x] = true;
+    }
+
     /// Closes the windows that ended by `now`.
     pub fn tick(&mut self, now: f64) {
         while now >= self.next {
             self.next += self.window;
-            for ((c, l), h) in self
+            for (((c, l), h), a) in self
                 .current
                 .iter_mut()
                 .zip(self.label.iter_mut())
                 .zip(self.history.iter_mut())
+                .zip(self.absent.iter_mut())
             {
-                if h.len() == MAX_WINDOWS {
-                    h.pop_front();
+                if !*a && c[0] > 0 {
+                    if h.len() == MAX_WINDOWS {
+                        h.pop_front();
+                    }
+                    h.push_back((c[0], c[1], l[0], l[1]));
                 }
-                h.push_back((c[0], c[1], l[0], l[1]));
                 *c = [0; 2];
                 *l = [false; 2];
+                *a = false;
             }
         }
     }

@@ -111,8 +111,12 @@ pub struct Counts {
     pub failed: u64,
     /// Message packets sent (n per attempt).
     pub message_packets: u64,
-    /// Latency of the delivered messages.
+    /// Latency of the delivered messages (from the application's send to the recipient's
+    /// delivery).
     pub latency: Latencies,
+    /// Latency of each packet of own data that reached its destination, from its first
+    /// datagram to its last.
+    pub packet_latency: Latencies,
     /// Alarms raised and cleared (all of the run).
     pub alarms: Vec<AlarmEvent>,
     /// Per delivered message with sender vectors: (time, sender, entropy in bits).
@@ -236,7 +240,7 @@ impl Summary {
 }
 
 /// The header of `summary.csv`.
-pub const SUMMARY_HEADER: &str = "scenario,design,fidelity,seed,value,nodes,measured_s,messages,delivered,delivered_stored,failed,delivery,latency_mean_s,latency_p50_s,latency_p99_s,message_entropy_bits,receiver_entropy_bits,sender_entropy_bits,targets,waves_cut,who_talks_to_whom,chance_who,classifier_sending,classifier_receiving,datagrams,cover_share,drop_share,lost_link,lost_down,cut,dropped_budget,dropped_alert,dropped_not_forwarding,replays_caught,alarms_raised,first_alarm_s,watched_entropy_before,watched_entropy_during,watched_entropy_after,events\n";
+pub const SUMMARY_HEADER: &str = "scenario,design,fidelity,seed,value,nodes,measured_s,messages,delivered,delivered_stored,failed,delivery,latency_mean_s,latency_p50_s,latency_p99_s,packet_latency_mean_s,message_entropy_bits,receiver_entropy_bits,sender_entropy_bits,targets,waves_cut,who_talks_to_whom,chance_who,classifier_sending,classifier_receiving,datagrams,cover_share,drop_share,lost_link,lost_down,cut,dropped_budget,dropped_alert,dropped_not_forwarding,replays_caught,alarms_raised,first_alarm_s,watched_entropy_before,watched_entropy_during,watched_entropy_after,events\n";
 
 fn f(x: f64) -> String {
     if x.is_nan() {
@@ -256,7 +260,7 @@ pub fn summary_row(s: &Summary, scenario: &str, design: &str, fidelity: &str, se
     let raised = c.alarms.iter().filter(|a| a.raised).count();
     let w = s.watched_entropy(s.warmup);
     format!(
-        "{scenario},{design},{fidelity},{seed},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+        "{scenario},{design},{fidelity},{seed},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
         f(s.value),
         s.nodes,
         f(s.measured_seconds),
@@ -268,6 +272,7 @@ pub fn summary_row(s: &Summary, scenario: &str, design: &str, fidelity: &str, se
         f(c.latency.mean()),
         f(c.latency.quantile(0.5)),
         f(c.latency.quantile(0.99)),
+        f(c.packet_latency.mean()),
         f(s.message_entropy()),
         f(s.receiver_entropy()),
         f(s.sender_entropy()),

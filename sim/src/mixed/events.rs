@@ -30,7 +30,8 @@ impl Mixed {
             Ev::Send(x) => self.app_send(x),
             Ev::Retry(slot, generation) => self.retry(slot, generation),
             Ev::Collect(slot, generation) => self.collect(slot, generation),
-            Ev::Crash(x) => self.go_down(x),
+            Ev::Crash(x) if self.t() < self.sc.seconds => self.go_down(x),
+            Ev::Crash(_) => {}
             Ev::Join(x) => self.join(x),
             Ev::AttackStart(i) => self.attack(i, true),
             Ev::AttackEnd(i) => self.attack(i, false),
@@ -42,6 +43,9 @@ impl Mixed {
     /// its own path of h - 1 mixes drawn now.
     fn app_send(&mut self, x: u32) {
         let xi = x as usize;
+        if self.t() >= self.sc.seconds {
+            return;
+        }
         let gap = exp_gap(&mut self.rng, 1.0 / self.sc.workload.rate);
         self.clock.schedule(
             self.now.saturating_add(Duration::from_secs_f64(gap)),
@@ -200,6 +204,9 @@ impl Mixed {
     fn epoch(&mut self) {
         let n = self.nodes.len();
         let epoch = Duration::from_secs_f64(self.sc.network.epoch_seconds);
+        if self.t() >= self.sc.seconds {
+            return;
+        }
         for x in 0..n as u32 {
             if self.nodes[x as usize].leaving {
                 self.nodes[x as usize].leaving = false;
@@ -259,6 +266,7 @@ impl Mixed {
         if !self.nodes[xi].up {
             return;
         }
+        self.watch.classifier.absent(xi);
         let node = &mut self.nodes[xi];
         node.up = false;
         node.emitter = None;
@@ -281,6 +289,7 @@ impl Mixed {
         let Ok(emitter) = Emitter::new(params, self.now, &mut self.rng) else {
             return;
         };
+        self.watch.classifier.absent(xi);
         let node = &mut self.nodes[xi];
         node.up = true;
         node.bound = true;
@@ -295,6 +304,14 @@ impl Mixed {
         for (slot, generation) in stored {
             self.clock
                 .schedule(self.now.saturating_add(t), Ev::Collect(slot, generation));
+        }
+    }
+
+    /// The scenario's end: every node back up (bound from the next epoch) for the drain.
+    pub(super) fn end_of_scenario(&mut self) {
+        for x in 0..self.nodes.len() as u32 {
+            self.join(x);
+            self.nodes[x as usize].leaving = false;
         }
     }
 

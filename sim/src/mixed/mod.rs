@@ -33,6 +33,9 @@ mod events;
 const OWN_QUEUE: usize = 256;
 /// Loops tracked in flight per node (the engine's `max_loops`).
 const MAX_LOOPS: usize = 4096;
+/// Seconds after the scenario's end for the messages in flight, in retries or stored to
+/// arrive (every node up again, no new message).
+pub const DRAIN: f64 = 300.0;
 
 /// What a dishonest node does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,10 +298,21 @@ impl Mixed {
         })
     }
 
-    /// Runs to the scenario's end; `progress(virtual seconds, events)` now and then.
+    /// Runs to the scenario's end, then drains: no new message, every node back up, until
+    /// every message counted is resolved or [`DRAIN`] seconds have passed;
+    /// `progress(virtual seconds, events)` now and then.
     pub fn run(mut self, progress: &mut dyn FnMut(f64, u64)) -> Summary {
-        let end = at(self.sc.seconds);
+        let scenario_end = at(self.sc.seconds);
+        let end = at(self.sc.seconds + DRAIN);
+        let mut ended = false;
         loop {
+            if !ended && self.now >= scenario_end {
+                ended = true;
+                self.end_of_scenario();
+            }
+            if ended && self.watch.counts.messages == self.watch.counts.delivered {
+                break;
+            }
             let tw = self.clock.wheel_next();
             let ts = self.slots.peek().map(|Reverse((t, ..))| *t);
             let te = self.clock.event_next();
@@ -333,11 +347,7 @@ impl Mixed {
 
     fn finish(mut self) -> Summary {
         let warmup = self.watch.warmup;
-        let failed = self
-            .messages
-            .live()
-            .filter(|m| m.stored && m.created >= warmup)
-            .count() as u64;
+        let failed = self.messages.live().filter(|m| m.created >= warmup).count() as u64;
         self.watch.counts.failed += failed;
         self.watch.classifier.tick(self.sc.seconds);
         Summary {
@@ -358,8 +368,10 @@ impl Mixed {
         secs(self.now)
     }
 
+    /// Whether what happens now counts: after the warm-up, before the scenario's end.
     fn measuring(&self) -> bool {
-        self.watch.measuring(self.t())
+        let t = self.t();
+        self.watch.measuring(t) && t < self.sc.seconds
     }
 
     /// A packet's time in the wheel is up: it arrives at its next hop, or its delay ended.
@@ -435,7 +447,13 @@ impl Mixed {
                 }
             }
             match p.kind {
-                Kind::Message { slot, generation } => self.message_packet(slot, generation),
+                Kind::Message { slot, generation } => {
+                    if measuring {
+                        let t = self.t();
+                        self.watch.counts.packet_latency.add(t - p.sent_at);
+                    }
+                    self.message_packet(slot, generation)
+                }
                 Kind::Loop(id) if p.origin as usize == y => {
                     let now = self.now;
                     self.nodes[y].loops.returned(&loop_id(id), now);
@@ -569,6 +587,9 @@ impl Mixed {
             _ => None,
         };
         let now = self.t();
+        if !forward {
+            p.sent_at = now;
+        }
         p.vectors = self
             .watch
             .observer
