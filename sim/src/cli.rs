@@ -135,7 +135,7 @@ fn sanitize(name: &str) -> String {
 /// The summary as a text table.
 pub fn table(all: &[Series]) -> String {
     let mut out = String::from(
-        "scenario             design  value      latency_s  delivery  H_msg   H_recv  H_send  who    cover  classif\n",
+        "scenario             design  value      latency_s  delivery  H_msg   H_recv  H_send  who    cover  cover/s    classif\n",
     );
     for s in all {
         for r in &s.runs {
@@ -147,7 +147,7 @@ pub fn table(all: &[Series]) -> String {
                 }
             };
             out.push_str(&format!(
-                "{:<20} {:<7} {} {} {} {} {} {} {} {} {}\n",
+                "{:<20} {:<7} {} {} {} {} {} {} {} {} {} {}\n",
                 s.name.chars().take(20).collect::<String>(),
                 s.design,
                 num(r.value, 10, 3),
@@ -158,6 +158,7 @@ pub fn table(all: &[Series]) -> String {
                 num(r.sender_entropy(), 7, 2),
                 num(r.who_talks_to_whom(), 6, 3),
                 num(r.cover_share(), 6, 3),
+                num(r.cover_per_second(), 10, 0),
                 num(r.classifier.0.unwrap_or(f64::NAN), 7, 3),
             ));
         }

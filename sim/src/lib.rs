@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod classifier;
 pub mod cli;
 pub mod loopix;
 pub mod mixed;

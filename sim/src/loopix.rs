@@ -18,7 +18,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use scheduler::Timestamp;
 
-use crate::observer::{Classifier, Observer, Vectors};
+use crate::classifier::Classifier;
+use crate::observer::{Observer, Vectors};
 use crate::paths::{MAX_PATH, uniform};
 use crate::report::{COVER, Counts, LOOP, MESSAGE, Summary};
 use crate::scenario::{Loopix as Shape, Scenario};

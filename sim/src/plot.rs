@@ -6,10 +6,12 @@
 //! | file | drawn when | x | y |
 //! |---|---|---|---|
 //! | `entropy-latency.png` | a series swept `mean_delay_ms` | mean latency | entropy |
-//! | `entropy-cover.png` | always | pure-cover share | message entropy |
+//! | `entropy-cover.png` | always | pure-cover datagrams a second | message entropy |
 //! | `delivery-loss.png` | a series swept `loss` | loss per link | delivery |
 //! | `delivery-churn.png` | a series swept `churn` | churn per epoch | delivery |
 //! | `classifier.png` | always | run | classifier accuracy, chance 0.5 |
+//! | `entropy-<parameter>.png` | a series swept another parameter | its value | entropies |
+//! | `watched.png` | a watched node's datagrams were followed | time | their origin's entropy (5 s means) |
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -186,6 +188,84 @@ pub fn plots(out: &Path, all: &[Series]) -> Result<()> {
         if !lines.is_empty() {
             line_plot(&out.join(file), title, x, "messages delivered", &lines)?;
         }
+    }
+    for param in [
+        "skip_fraction",
+        "drop_fraction",
+        "flood_rate",
+        "loss",
+        "churn",
+        "bandwidth",
+        "loopix_cover",
+        "senders",
+    ] {
+        let mut lines = Vec::new();
+        for s in swept(all, param) {
+            lines.push(line(format!("{} message", s.name), &s.runs, |r| {
+                (r.value, r.message_entropy())
+            }));
+            lines.push(line(format!("{} receiver", s.name), &s.runs, |r| {
+                (r.value, r.receiver_entropy())
+            }));
+            if s.runs.iter().any(|r| !r.counts.sender_entropy.is_empty()) {
+                lines.push(line(format!("{} sender", s.name), &s.runs, |r| {
+                    (r.value, r.sender_entropy())
+                }));
+            }
+            if s.runs
+                .iter()
+                .any(|r| r.attack.is_some() && !r.watched.is_empty())
+            {
+                lines.push(line(
+                    format!("{} watched node, during", s.name),
+                    &s.runs,
+                    |r| (r.value, r.watched_entropy(r.warmup)[1]),
+                ));
+            }
+        }
+        if !lines.is_empty() {
+            line_plot(
+                &out.join(format!("entropy-{param}.png")),
+                &format!("Entropy against {param}"),
+                param,
+                "entropy (bits)",
+                &lines,
+            )?;
+        }
+    }
+    let mut watched = Vec::new();
+    for s in all {
+        for r in &s.runs {
+            if r.watched.is_empty() {
+                continue;
+            }
+            let mut bins: std::collections::BTreeMap<i64, (f64, u32)> = Default::default();
+            for &(t, h) in &r.watched {
+                let e = bins.entry((t / 5.0).floor() as i64).or_insert((0.0, 0));
+                e.0 += h;
+                e.1 += 1;
+            }
+            let name = if r.value.is_nan() {
+                s.name.clone()
+            } else {
+                format!("{} {}", s.name, r.value)
+            };
+            watched.push((
+                name,
+                bins.into_iter()
+                    .map(|(k, (sum, c))| (k as f64 * 5.0 + 2.5, sum / f64::from(c)))
+                    .collect(),
+            ));
+        }
+    }
+    if !watched.is_empty() {
+        line_plot(
+            &out.join("watched.png"),
+            "Entropy of who originated the watched node's datagrams",
+            "time (s)",
+            "entropy (bits)",
+            &watched,
+        )?;
     }
     let mut class = Vec::new();
     for s in all {

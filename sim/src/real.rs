@@ -32,7 +32,8 @@ use stack::services::Served;
 use stack::sim::{LinkModel, Sim, Tapped};
 
 use crate::RunError;
-use crate::observer::{Classifier, Observer, Vectors};
+use crate::classifier::Classifier;
+use crate::observer::{Observer, Vectors};
 use crate::paths::uniform;
 use crate::report::{AlarmEvent, COVER, Counts, LOOP, MESSAGE, Summary};
 use crate::scenario::Scenario;

@@ -211,6 +211,13 @@ impl Summary {
         (c[LOOP] + c[COVER]) as f64 / self.datagrams().max(1) as f64
     }
 
+    /// Pure cover datagrams a second (loops and drop cover, every hop), over the measured
+    /// time: the cover bandwidth of the whole network.
+    pub fn cover_per_second(&self) -> f64 {
+        let c = &self.counts.datagrams;
+        (c[LOOP] + c[COVER]) as f64 / self.measured_seconds.max(1e-9)
+    }
+
     /// Share of the datagrams that are drop cover alone.
     pub fn drop_share(&self) -> f64 {
         self.counts.datagrams[COVER] as f64 / self.datagrams().max(1) as f64
@@ -240,7 +247,7 @@ impl Summary {
 }
 
 /// The header of `summary.csv`.
-pub const SUMMARY_HEADER: &str = "scenario,design,fidelity,seed,value,nodes,measured_s,messages,delivered,delivered_stored,failed,delivery,latency_mean_s,latency_p50_s,latency_p99_s,packet_latency_mean_s,message_entropy_bits,receiver_entropy_bits,sender_entropy_bits,targets,waves_cut,who_talks_to_whom,chance_who,classifier_sending,classifier_receiving,datagrams,cover_share,drop_share,lost_link,lost_down,cut,dropped_budget,dropped_alert,dropped_not_forwarding,replays_caught,alarms_raised,first_alarm_s,watched_entropy_before,watched_entropy_during,watched_entropy_after,events\n";
+pub const SUMMARY_HEADER: &str = "scenario,design,fidelity,seed,value,nodes,measured_s,messages,delivered,delivered_stored,failed,delivery,latency_mean_s,latency_p50_s,latency_p99_s,packet_latency_mean_s,message_entropy_bits,receiver_entropy_bits,sender_entropy_bits,targets,waves_cut,who_talks_to_whom,chance_who,classifier_sending,classifier_receiving,datagrams,cover_share,cover_per_s,drop_share,lost_link,lost_down,cut,dropped_budget,dropped_alert,dropped_not_forwarding,replays_caught,alarms_raised,first_alarm_s,watched_entropy_before,watched_entropy_during,watched_entropy_after,events\n";
 
 fn f(x: f64) -> String {
     if x.is_nan() {
@@ -260,7 +267,7 @@ pub fn summary_row(s: &Summary, scenario: &str, design: &str, fidelity: &str, se
     let raised = c.alarms.iter().filter(|a| a.raised).count();
     let w = s.watched_entropy(s.warmup);
     format!(
-        "{scenario},{design},{fidelity},{seed},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+        "{scenario},{design},{fidelity},{seed},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
         f(s.value),
         s.nodes,
         f(s.measured_seconds),
@@ -284,6 +291,7 @@ pub fn summary_row(s: &Summary, scenario: &str, design: &str, fidelity: &str, se
         o(s.classifier.1),
         s.datagrams(),
         f(s.cover_share()),
+        f(s.cover_per_second()),
         f(s.drop_share()),
         c.lost_link,
         c.lost_down,

@@ -343,7 +343,7 @@ pub enum Adversary {
 #[serde(deny_unknown_fields)]
 pub struct Sweep {
     /// Which parameter: `mean_delay_ms` (both designs), `loss`, `churn`, `senders`,
-    /// `loopix_cover` (lambda_D = lambda_L = value, lambda_P = rate + value), `bandwidth`
+    /// `loopix_cover` (lambda_D = lambda_L = lambda_M = value), `bandwidth`
     /// (B of every node), `skip_fraction`, `drop_fraction` (of those adversaries),
     /// `flood_rate` (of the flooders).
     pub parameter: String,
@@ -506,7 +506,7 @@ impl Scenario {
             "loopix_cover" => {
                 s.loopix.drop_rate = value;
                 s.loopix.loop_rate = value;
-                s.loopix.payload_rate = s.workload.rate + value;
+                s.loopix.mix_loop_rate = value;
             }
             other => {
                 return Err(ScenarioError::Invalid(format!(

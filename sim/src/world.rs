@@ -10,7 +10,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use scheduler::{TickClock, TimerWheel, Timestamp};
 
-use crate::observer::{Classifier, Observer, Vectors};
+use crate::classifier::Classifier;
+use crate::observer::{Observer, Vectors};
 use crate::paths::MAX_PATH;
 use crate::report::Counts;
 

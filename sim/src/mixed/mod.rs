@@ -21,7 +21,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use scheduler::{Emission, EmissionParams, Emitter, ForwardDrop, Timestamp};
 
-use crate::observer::{Classifier, Observer, Vectors};
+use crate::classifier::Classifier;
+use crate::observer::{Observer, Vectors};
 use crate::paths::{Directory, MAX_PATH, uniform};
 use crate::report::{AlarmEvent, COVER, Counts, FLOOD, LOOP, MESSAGE, REPLAY, Summary};
 use crate::scenario::{Adversary, Scenario};
