@@ -109,6 +109,12 @@ pub fn write_outputs(out: &Path, seed: u64, all: &[Series]) -> Result<()> {
                 report::watched_csv(&s.runs),
             )?;
         }
+        if s.runs.iter().any(|r| !r.counts.undelivered.is_empty()) {
+            std::fs::write(
+                out.join(format!("{stem}-undelivered.csv")),
+                report::undelivered_csv(&s.runs),
+            )?;
+        }
         if s.runs.iter().any(|r| !r.counts.alarms.is_empty()) {
             std::fs::write(
                 out.join(format!("{stem}-alarms.csv")),

@@ -115,6 +115,8 @@ fn write_png(path: &Path, rgb: &[u8]) -> Result<()> {
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), WIDTH, HEIGHT);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Best);
+    enc.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
     let mut w = enc.write_header()?;
     w.write_image_data(rgb)?;
     Ok(())
@@ -157,14 +159,14 @@ pub fn plots(out: &Path, all: &[Series]) -> Result<()> {
         .iter()
         .map(|s| {
             line(s.name.clone(), &s.runs, |r| {
-                (r.cover_share(), r.message_entropy())
+                (r.cover_per_second(), r.message_entropy())
             })
         })
         .collect();
     line_plot(
         &out.join("entropy-cover.png"),
-        "Message entropy against the share of pure cover (loops + drop cover)",
-        "pure cover share of all datagrams",
+        "Message entropy against pure cover (loops + drop cover, every hop)",
+        "pure cover datagrams a second, whole network",
         "message entropy (bits)",
         &cover,
     )?;

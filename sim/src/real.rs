@@ -15,7 +15,8 @@
 //! bandwidth class; `stack::sim` takes one rate); the reliability factor of Algorithm 1 is
 //! in; a target is any packet of a node's own data (message symbols, ACKs, storage
 //! requests), not only the first of a message; churn takes nodes down and back up with the
-//! consensus unchanged (a node down stays listed: the harsh case), providers never churn.
+//! consensus unchanged (a node down stays listed: the harsh case); one node in ten is a
+//! storage provider (the last ones), and providers never churn.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -42,8 +43,9 @@ use crate::world::{at, exp_gap, secs};
 /// Most nodes the engine fidelity runs.
 pub const MAX_NODES: usize = 2000;
 /// Virtual seconds after the scenario's end for what is in flight, stored or retried to
-/// arrive (every node up again).
-const DRAIN: f64 = 300.0;
+/// arrive (every node up again); the drain ends sooner once every message has arrived or
+/// been given up by its sender.
+const DRAIN: f64 = 900.0;
 /// The network is run in steps of this long between the observer's turns.
 const STEP: f64 = 0.25;
 /// Bytes of each message.
@@ -100,7 +102,8 @@ pub fn run(
         ..LinkModel::PERFECT
     };
     let b = net.bandwidth[0].b;
-    let providers: Vec<usize> = (n - (n / 50).max(2)..n).collect();
+    // a provider per ten nodes (the storage traffic of every node with contacts lands on them)
+    let providers: Vec<usize> = (n - (n / 10).max(2)..n).collect();
     // the providers' block stores: a folder of this run's own (runs may go side by side)
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -337,9 +340,13 @@ fn drive(
         watch.feed(sim.take_tap(), step_end);
         t = step_end;
         progress(t, watch.counts.events);
-        received.scan(sim, &mut watch.counts.alarms);
-        // the drain ends once every message counted has arrived
-        if t >= end && sent.keys().all(|id| received.seen.contains_key(id)) {
+        received.scan(sim, &mut watch.counts.alarms, &mut watch.counts.undelivered);
+        // the drain ends once every message counted has arrived or been given up
+        if t >= end
+            && sent
+                .keys()
+                .all(|id| received.seen.contains_key(id) || received.given_up.contains(id))
+        {
             break;
         }
     }
@@ -389,6 +396,8 @@ struct Received {
     cursor: Vec<usize>,
     /// Per message ID: when it first arrived, whether from storage, where.
     seen: BTreeMap<[u8; 16], (f64, bool, usize)>,
+    /// Messages their sender gave up.
+    given_up: std::collections::BTreeSet<[u8; 16]>,
 }
 
 impl Received {
@@ -396,15 +405,29 @@ impl Received {
         Received {
             cursor: vec![0; n],
             seen: BTreeMap::new(),
+            given_up: std::collections::BTreeSet::new(),
         }
     }
 
-    fn scan(&mut self, sim: &Sim<Served>, alarms: &mut Vec<AlarmEvent>) {
+    fn scan(
+        &mut self,
+        sim: &Sim<Served>,
+        alarms: &mut Vec<AlarmEvent>,
+        undelivered: &mut Vec<(f64, u32, String)>,
+    ) {
         for (r, node) in sim.nodes.iter().enumerate() {
             for (when, e) in &node.events[self.cursor[r]..] {
                 match e {
                     MessengerEvent::Received(m) => {
                         self.seen.entry(m.id).or_insert((secs(*when), m.stored, r));
+                    }
+                    MessengerEvent::Undelivered { id, reason } => {
+                        self.given_up.insert(*id);
+                        undelivered.push((secs(*when), r as u32, format!("{reason:?}")));
+                    }
+                    MessengerEvent::Offline { id } => {
+                        self.given_up.insert(*id);
+                        undelivered.push((secs(*when), r as u32, "Offline".to_string()));
                     }
                     MessengerEvent::Alert { raised } => alarms.push(AlarmEvent {
                         time: secs(*when),

@@ -119,6 +119,8 @@ pub struct Counts {
     pub packet_latency: Latencies,
     /// Alarms raised and cleared (all of the run).
     pub alarms: Vec<AlarmEvent>,
+    /// Messages their sender gave up (engine fidelity): (time, sender, why).
+    pub undelivered: Vec<(f64, u32, String)>,
     /// Per delivered message with sender vectors: (time, sender, entropy in bits).
     pub sender_entropy: Vec<(f64, u32, f64)>,
     /// Events handled (all of the run).
@@ -350,6 +352,17 @@ pub fn watched_csv(runs: &[Summary]) -> String {
     for s in runs {
         for (t, h) in &s.watched {
             let _ = writeln!(out, "{},{},{}", f(s.value), f(*t), f(*h));
+        }
+    }
+    out
+}
+
+/// `undelivered.csv`: every message its sender gave up (engine fidelity).
+pub fn undelivered_csv(runs: &[Summary]) -> String {
+    let mut out = String::from("value,time_s,sender,reason\n");
+    for s in runs {
+        for (t, x, why) in &s.counts.undelivered {
+            let _ = writeln!(out, "{},{},{},\"{}\"", f(s.value), f(*t), x, why);
         }
     }
     out

@@ -52,7 +52,7 @@ pub struct Packet {
     pub vectors: Vectors,
     /// In the wheel on a link (true) or held for its delay at `path[at]` (false).
     pub arriving: bool,
-    /// When it was sent by its origin, seconds.
+    /// When its origin made it, then when its origin sent it (its first datagram), seconds.
     pub sent_at: f64,
     /// The first packet of a message's first attempt (a target candidate).
     pub first: bool,
