@@ -10,6 +10,7 @@
 //! mixed dirauth --print-key --config F     print the authority's public key (for [[authorities]])
 //! mixed node --print-key --config F        print the node's identity key and node ID
 //! mixed chat --socket S | --node-config F   the messenger (a terminal UI; subcommands too)
+//! mixed sim --scenario F --seed S          simulate a network at scale (docs/sim.md)
 //! ```
 
 // the command line prints its answers
@@ -121,6 +122,9 @@ enum Command {
         #[arg(long, requires = "config")]
         print_key: bool,
     },
+    /// Simulate a network from a scenario file and a seed: 10,000 nodes and more (fast
+    /// mode) or hundreds on the real engine; CSV of every series and PNG plots (docs/sim.md).
+    Sim(mixed_sim::cli::SimArgs),
 }
 
 fn main() -> Result<()> {
@@ -145,6 +149,7 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Sim(args) => mixed_sim::cli::main(&args),
         Command::Node {
             self_test: true,
             self_test_steps,

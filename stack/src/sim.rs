@@ -75,6 +75,24 @@ pub struct LinkStats {
 /// node, bytes.
 type InFlight = (Timestamp, u64, usize, Vec<u8>);
 
+/// A datagram as a watcher of every link saw it, with what the network did to it (for the
+/// simulator's observer: [`Sim::set_tap`]).
+#[derive(Clone, Debug)]
+pub struct Tapped {
+    /// When it was sent.
+    pub sent: Timestamp,
+    /// Its sender.
+    pub from: usize,
+    /// Its receiver.
+    pub to: usize,
+    /// When it arrives (`None`: lost, cut, or its receiver was down).
+    pub arrives: Option<Timestamp>,
+    /// What it carries, as its sender's engine counted it (never on the wire).
+    pub category: engine::OutCategory,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
 /// One node of the network.
 #[derive(Debug)]
 pub struct SimNode<U: Upper> {
@@ -129,6 +147,11 @@ pub struct Sim<U: Upper> {
     strays: u64,
     /// For each node cut off by an attacker: the one node whose datagrams still reach it.
     cut: Vec<Option<Option<usize>>>,
+    /// Each node's mix secret key (for a simulator that links what a node sends to what it
+    /// received, as a global observer with every key would).
+    mix_secrets: Vec<MixSecretKey>,
+    /// Datagrams recorded while the tap is on ([`Sim::set_tap`]).
+    tap: Option<Vec<Tapped>>,
 }
 
 /// Network parameters for simulations: 1,452-byte packets, `hops` hops, rho = 1.5, mean
@@ -409,6 +432,7 @@ impl<U: Upper> Sim<U> {
         };
         let mut nodes = Vec::new();
         let mut by_addr = HashMap::new();
+        let kept_secrets = mix_secrets.clone();
         for (i, ((identity, addr), mix)) in identities.into_iter().zip(mix_secrets).enumerate() {
             let mut seed = [0u8; 32];
             rng.fill_bytes(&mut seed);
@@ -456,7 +480,25 @@ impl<U: Upper> Sim<U> {
             flows: vec![0; n * n],
             strays: 0,
             cut: vec![None; n],
+            mix_secrets: kept_secrets,
+            tap: None,
         }
+    }
+
+    /// Node `i`'s mix secret key.
+    pub fn mix_secret(&self, i: usize) -> Option<&MixSecretKey> {
+        self.mix_secrets.get(i)
+    }
+
+    /// Records every datagram sent from now on (`true`), or stops and forgets (`false`);
+    /// [`Sim::take_tap`] hands over what was recorded. Recording changes nothing else.
+    pub fn set_tap(&mut self, on: bool) {
+        self.tap = on.then(Vec::new);
+    }
+
+    /// The datagrams recorded since the last call, in sending order.
+    pub fn take_tap(&mut self) -> Vec<Tapped> {
+        self.tap.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The virtual time.
@@ -517,8 +559,35 @@ impl<U: Upper> Sim<U> {
         self.in_flight.push(Reverse((at, self.seq, to, bytes)));
     }
 
+    /// Records a datagram if the tap is on.
+    fn record(
+        &mut self,
+        from: usize,
+        to: usize,
+        arrives: Option<Timestamp>,
+        category: engine::OutCategory,
+        bytes: &[u8],
+    ) {
+        if let Some(tap) = &mut self.tap {
+            tap.push(Tapped {
+                sent: self.now,
+                from,
+                to,
+                arrives,
+                category,
+                bytes: bytes.to_vec(),
+            });
+        }
+    }
+
     /// Puts a datagram from `from` on the link to `to`, as the link model says.
-    fn transmit(&mut self, from: usize, to: usize, mut bytes: Vec<u8>) {
+    fn transmit(
+        &mut self,
+        from: usize,
+        to: usize,
+        mut bytes: Vec<u8>,
+        category: engine::OutCategory,
+    ) {
         self.stats.sent += 1;
         let n = self.nodes.len();
         self.flows[from * n + to] += 1;
@@ -526,14 +595,17 @@ impl<U: Upper> Sim<U> {
             && except != Some(from)
         {
             self.stats.cut += 1;
+            self.record(from, to, None, category, &bytes);
             return;
         }
         if self.down[to] {
             self.stats.lost += 1;
+            self.record(from, to, None, category, &bytes);
             return;
         }
         if self.uniform() < self.link.loss {
             self.stats.lost += 1;
+            self.record(from, to, None, category, &bytes);
             return;
         }
         if self.uniform() < self.link.tamper && !bytes.is_empty() {
@@ -543,6 +615,7 @@ impl<U: Upper> Sim<U> {
         }
         let jitter = self.link.jitter.mul_f64(self.uniform());
         let at = self.now.saturating_add(self.link.delay + jitter);
+        self.record(from, to, Some(at), category, &bytes);
         if self.uniform() < self.link.duplicate {
             self.stats.duplicated += 1;
             self.schedule(at, to, bytes.clone());
@@ -630,16 +703,16 @@ impl<U: Upper> Sim<U> {
                 trace(&mut self.trace, &(i as u64).to_le_bytes());
                 trace(&mut self.trace, t.to.to_string().as_bytes());
                 trace(&mut self.trace, &self.buf[..t.len]);
-                out.push((i, t.to, self.buf[..t.len].to_vec()));
+                out.push((i, t.to, self.buf[..t.len].to_vec(), t.category));
             }
             while let Some(e) = node.stack.poll_event() {
                 trace(&mut self.trace, format!("{i} {e:?}").as_bytes());
                 node.events.push((now, e));
             }
         }
-        for (i, to, bytes) in out {
+        for (i, to, bytes, category) in out {
             match self.by_addr.get(&to) {
-                Some(&j) => self.transmit(i, j, bytes),
+                Some(&j) => self.transmit(i, j, bytes, category),
                 None => self.strays += 1,
             }
         }
