@@ -16,7 +16,7 @@ use std::time::Duration;
 mod common;
 
 use anon::offline::{ContactState, OfflineConfig};
-use anon::{MessengerEvent, SendOptions};
+use anon::{Messenger, MessengerConfig, MessengerEvent, SendOptions};
 use common::Dir;
 use scheduler::Timestamp;
 use stack::services::Served;
@@ -312,4 +312,93 @@ fn a_message_to_a_contact_outside_the_consensus_is_stored_at_once() {
     assert!(stored(&sim), "not stored within 60 s");
     // no direct attempt first: stored within seconds, not after three attempts
     assert!(t < 20.0, "stored after {t} s");
+}
+
+/// One message to a recipient that is up but gets only what one node forwards to it: a few
+/// symbols of each attempt arrive, never enough. `None` when an attempt's NACK did not come
+/// back either (the packet with its SURBs lost: that attempt timed out into `Offline`,
+/// tested above); otherwise whether the sender stored it and the recipient, once its links
+/// are whole, collected it once, intact.
+fn nacked(seed: u64) -> Option<(bool, usize)> {
+    let dir = Dir::new(&format!("offline-nacked-{seed}"));
+    let mut sim = net(seed, &dir);
+    sim.run_until(at(3.0));
+    // two attempts (not three) keep the test short
+    let identity = sim.nodes[SENDER].identity.clone();
+    let config = MessengerConfig {
+        attempts: 2,
+        ..sim.messenger(SENDER).config().clone()
+    };
+    let mut m = Messenger::new(identity, config, [seed as u8; 32]);
+    if let Some(p) = sim.nodes[SENDER].stack.engine().paths() {
+        m.set_paths(p);
+    }
+    *sim.messenger(SENDER) = m;
+    let only_from = (1..8).find(|i| *i != RECIPIENT).unwrap();
+    sim.cut(RECIPIENT, Some(Some(only_from)));
+    let to = sim.node_id(RECIPIENT);
+    let data: Vec<u8> = (0..24_000u32).map(|i| (i * 11 % 253) as u8).collect();
+    let now = sim.now();
+    let id = sim
+        .upper(SENDER)
+        .send(now, to, &data, SendOptions::default())
+        .unwrap();
+    let heard = |sim: &Sim<Served>, f: &dyn Fn(&MessengerEvent) -> bool| {
+        sim.nodes[SENDER].events.iter().any(|(_, e)| f(e))
+    };
+    let settled = |e: &MessengerEvent| {
+        matches!(e, MessengerEvent::Stored { id: i }
+            | MessengerEvent::Undelivered { id: i, .. }
+            | MessengerEvent::Offline { id: i }
+            | MessengerEvent::Acknowledged { id: i, .. } if *i == id)
+    };
+    let mut t = 3.0;
+    while t < 600.0 && !heard(&sim, &settled) {
+        t += 1.0;
+        sim.run_until(at(t));
+    }
+    let counters = sim.messenger(SENDER).counters().clone();
+    eprintln!("seed {seed}: settled by {t} s, sender {counters:?}");
+    assert!(
+        !heard(
+            &sim,
+            &|e| matches!(e, MessengerEvent::Acknowledged { id: i, .. } if *i == id)
+        ),
+        "decoded through the cut"
+    );
+    // both attempts NACKed: one retry, no timeout
+    if counters.offline != 0 || counters.retries != 1 {
+        return None;
+    }
+    let stored = heard(
+        &sim,
+        &|e| matches!(e, MessengerEvent::Stored { id: i } if *i == id),
+    );
+    sim.cut(RECIPIENT, None);
+    let got = |sim: &Sim<Served>| {
+        sim.nodes[RECIPIENT]
+            .events
+            .iter()
+            .filter(
+                |(_, e)| matches!(e, MessengerEvent::Received(r) if r.id == id && r.data == data),
+            )
+            .count()
+    };
+    let until = t + 300.0;
+    while stored && got(&sim) == 0 && t < until {
+        t += 1.0;
+        sim.run_until(at(t));
+    }
+    Some((stored, got(&sim)))
+}
+
+#[test]
+fn a_message_the_recipient_nacks_at_every_attempt_is_stored_and_collected() {
+    // the first seed where each attempt's NACK came back (a few in twelve)
+    let cases: Vec<(bool, usize)> = (45..57).filter_map(nacked).take(1).collect();
+    assert!(!cases.is_empty(), "no seed NACKed every attempt");
+    for (stored, got) in cases {
+        assert!(stored, "NACKed at every attempt, then not stored");
+        assert_eq!(got, 1, "collected once, intact");
+    }
 }

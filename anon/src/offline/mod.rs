@@ -7,8 +7,9 @@
 //!   capability both derive from their identities: `HKDF-SHA-256(salt "mixed-offline-v1
 //!   stream", X25519(W, R), W || R)` gives the root seed, start index and chain key. Only
 //!   the two of them can find, read or write its boxes; a provider sees unlinkable box IDs.
-//! - **Storing** (the sender): after the messenger's last attempt ([`MessengerEvent::Offline`])
-//!   the message becomes a stored object (port, length, data) cut into symbols of
+//! - **Storing** (the sender): after the messenger's last attempt ([`MessengerEvent::Offline`],
+//!   or [`Undelivered::NotDecoded`](crate::messenger::Undelivered) when the recipient NACKed
+//!   every attempt: it is online but the symbols did not reach it) the message becomes a stored object (port, length, data) cut into symbols of
 //!   [`STORED_SYMBOL`] bytes. Symbols are PUT box after box, one request every
 //!   `1 / store_rate` seconds at most: slowly and regularly, inside the node's own-data
 //!   budget, never a burst. A box goes to the provider that rendezvous hashing of its ID
@@ -643,7 +644,14 @@ impl Offline {
                 }
                 None
             }
-            MessengerEvent::Offline { id } if self.tracked.contains_key(&id) => {
+            // no ACK after every attempt, or a NACK to every attempt (the recipient got too
+            // few symbols each time: a lossy path, or nodes that left while the packets
+            // were on their way): the providers hold the message until it is collected
+            MessengerEvent::Offline { id }
+            | MessengerEvent::Undelivered {
+                id,
+                reason: crate::messenger::Undelivered::NotDecoded { .. },
+            } if self.tracked.contains_key(&id) => {
                 self.start_upload(now, messenger, id);
                 None
             }
