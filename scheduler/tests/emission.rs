@@ -297,3 +297,76 @@ fn forwards_below_the_budget_are_all_served() {
     eprintln!("at 125% of the budget: {served:.1}/s served of 800/s");
     assert!((790.0..=805.0).contains(&served), "{served}/s served");
 }
+
+/// The departures of `n` emitters of rate `b` each over 100 s, merged into one stream: a
+/// node of n cores, whose runtime gives each core's engine B / n and a seed of its own
+/// (`same_seed`: every core the same seed, the mistake the test must catch).
+fn merged(n: usize, b: f64, same_seed: bool) -> Vec<u64> {
+    let params = EmissionParams { b, ..PARAMS };
+    let end = Timestamp::from_nanos(100 * 1_000_000_000);
+    let mut times = Vec::new();
+    for core in 0..n {
+        let seed = if same_seed { 500 } else { 500 + core as u64 };
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut e = Emitter::<usize>::new(params, Timestamp::ZERO, &mut rng).unwrap();
+        while e.poll_timeout() <= end {
+            let now = e.poll_timeout();
+            let (at, _) = e.on_slot(now, false).unwrap();
+            times.push(at.as_nanos());
+        }
+    }
+    times.sort_unstable();
+    times
+}
+
+/// The variance of the counts in 10 ms windows over their mean: 1 for a Poisson process.
+fn dispersion(times: &[u64]) -> f64 {
+    let windows = 100 * 100;
+    let mut counts = vec![0u64; windows];
+    for t in times {
+        if let Some(c) = counts.get_mut((*t / 10_000_000) as usize) {
+            *c += 1;
+        }
+    }
+    let mean = counts.iter().sum::<u64>() as f64 / windows as f64;
+    let var = counts
+        .iter()
+        .map(|&c| (c as f64 - mean).powi(2))
+        .sum::<f64>()
+        / (windows - 1) as f64;
+    var / mean
+}
+
+/// Several cores, one rate (line-rate issue): the per-core Poisson clocks of rate B / n add
+/// up to one process of rate B. The merged departures of 2, 4 and 8 cores against one
+/// emitter of rate B: the same count within 1%, the same law of gaps (two-sample KS does
+/// not reject at p = 0.01), and window counts as dispersed as a Poisson process's. Cores
+/// that shared a seed would depart together: the test rejects that.
+#[test]
+fn per_core_clocks_add_up_to_one_process_of_rate_b() {
+    const B: f64 = 8_000.0;
+    let one = merged(1, B, false);
+    let one_gaps = gaps(&one);
+    for n in [2usize, 4, 8] {
+        let cores = merged(n, B / n as f64, false);
+        let ratio = cores.len() as f64 / one.len() as f64;
+        let (d, p) = ks_two_sample(&mut one_gaps.clone(), &mut gaps(&cores));
+        let disp = dispersion(&cores);
+        eprintln!(
+            "{n} cores: count ratio {ratio:.4}, KS D = {d:.5} p = {p:.3}, dispersion {disp:.3}"
+        );
+        assert!((ratio - 1.0).abs() < 0.01, "{n} cores: {ratio}");
+        assert!(p > 0.01, "{n} cores: KS rejects, D = {d}, p = {p}");
+        // 10,000 windows: the index's standard error is about 0.014
+        assert!((disp - 1.0).abs() < 0.06, "{n} cores: dispersion {disp}");
+    }
+    // the control: four cores on one seed emit in lockstep
+    let lockstep = merged(4, B / 4.0, true);
+    let (_, p) = ks_two_sample(&mut one_gaps.clone(), &mut gaps(&lockstep));
+    let disp = dispersion(&lockstep);
+    eprintln!("4 cores, one seed: KS p = {p:.3}, dispersion {disp:.3}");
+    assert!(
+        p < 0.01 && disp > 3.0,
+        "lockstep not caught: p = {p}, dispersion {disp}"
+    );
+}

@@ -199,6 +199,22 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// The observer a scenario asks for on a network of `n` nodes: a message passes
+    /// h - 1 pools (the last hop delivers), the metrics section sets the rest, and the
+    /// watched node, if any, is followed.
+    pub fn for_scenario(sc: &crate::scenario::Scenario, n: usize) -> Self {
+        let mut o = Observer::new(
+            n,
+            (sc.network.hops as usize).saturating_sub(1).max(1),
+            sc.metrics.targets,
+            sc.metrics.sender_vectors,
+            sc.metrics.wave_seconds,
+            sc.metrics.wave_residue,
+        );
+        o.watch(sc.metrics.watch.map(|w| w as u32));
+        o
+    }
+
     /// An observer of `n` nodes whose messages pass `pools` pools, following `t` targets
     /// at a time (waves of at most `wave_seconds`, ended once less than `residue` of each
     /// target's mass is in flight), with sender vectors if `senders`.

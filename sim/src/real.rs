@@ -113,47 +113,19 @@ pub fn run(
         reserve_bytes: 0,
         ..storage::Limits::default()
     };
-    // `Sim::served`, with the scenario's loop timeout (the test network's 2 s is too short
-    // once storage traffic queues at the providers: loops come back late and count lost)
+    // the scenario's loop timeout (the test network's 2 s is too short once storage
+    // traffic queues at the providers: loops come back late and count lost)
     let loop_timeout = Duration::from_secs_f64(net.loop_timeout);
-    let own_rate = net.rho * b / f64::from(net.hops);
-    let mut failed = None;
-    let mut sim: Sim<Served> = Sim::build(
-        n,
-        seed,
-        params,
-        b,
-        link,
-        &|c| c.loop_timeout = loop_timeout,
-        &|i| {
-            if providers.contains(&i) {
-                vec![stack::services::STORAGE_ROLE.to_string()]
-            } else {
-                vec![]
+    let mut sim =
+        match Sim::served_tweaked(n, seed, params, b, link, &providers, &dir, limits, &|c| {
+            c.loop_timeout = loop_timeout
+        }) {
+            Ok(sim) => sim,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(RunError::Engine(format!("storage provider: {e}")));
             }
-        },
-        |i, identity, seed| {
-            let config = anon::MessengerConfig {
-                own_rate,
-                ..anon::MessengerConfig::default()
-            };
-            let m = anon::Messenger::new(identity.clone(), config, seed);
-            if !providers.contains(&i) {
-                return Served::client(m);
-            }
-            match storage::BlockStore::open(&dir.join(format!("provider-{i}")), limits) {
-                Ok(store) => Served::provider(m, storage::Provider::new(store)),
-                Err(e) => {
-                    failed = Some(e);
-                    Served::client(m)
-                }
-            }
-        },
-    );
-    if let Some(e) = failed {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(RunError::Engine(format!("storage provider: {e}")));
-    }
+        };
     let result = drive(sc, seed, &mut sim, &providers, progress);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -231,15 +203,7 @@ fn drive(
     if sc.churn.per_epoch > 0.0 {
         push(&mut events, sc.warmup, Ev::Epoch);
     }
-    let mut observer = Observer::new(
-        n,
-        (sc.network.hops as usize).saturating_sub(1).max(1),
-        sc.metrics.targets,
-        sc.metrics.sender_vectors,
-        sc.metrics.wave_seconds,
-        sc.metrics.wave_residue,
-    );
-    observer.watch(sc.metrics.watch.map(|w| w as u32));
+    let observer = Observer::for_scenario(sc, n);
     let mut watch = Watcher {
         observer,
         classifier: Classifier::new(n, sc.metrics.classifier_window, sc.warmup),

@@ -271,6 +271,22 @@ impl Sim<Served> {
         dir: &std::path::Path,
         limits: storage::Limits,
     ) -> Result<Self, storage::store::StoreError> {
+        Self::served_tweaked(n, seed, params, rate, link, providers, dir, limits, &|_| {})
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    /// [`Sim::served`] with the engines configured by `tweak` after the defaults.
+    pub fn served_tweaked(
+        n: usize,
+        seed: u64,
+        params: NetworkParams,
+        rate: f64,
+        link: LinkModel,
+        providers: &[usize],
+        dir: &std::path::Path,
+        limits: storage::Limits,
+        tweak: &dyn Fn(&mut EngineConfig),
+    ) -> Result<Self, storage::store::StoreError> {
         let own_rate =
             f64::from(params.rho_permille) / 1000.0 * rate / f64::from(params.hops.max(1));
         let mut failed = None;
@@ -280,7 +296,7 @@ impl Sim<Served> {
             params,
             rate,
             link,
-            &|_| {},
+            tweak,
             &|i| {
                 if providers.contains(&i) {
                     vec![STORAGE_ROLE.to_string()]

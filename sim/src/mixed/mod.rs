@@ -267,15 +267,7 @@ impl Mixed {
                 clock.schedule(at(end), Ev::AttackEnd(i));
             }
         }
-        let mut observer = Observer::new(
-            n,
-            (sc.network.hops as usize).saturating_sub(1).max(1),
-            sc.metrics.targets,
-            sc.metrics.sender_vectors,
-            sc.metrics.wave_seconds,
-            sc.metrics.wave_residue,
-        );
-        observer.watch(sc.metrics.watch.map(|w| w as u32));
+        let observer = Observer::for_scenario(sc, n);
         Ok(Mixed {
             rng,
             nodes,
