@@ -17,9 +17,9 @@ use super::header::{
     set_alpha,
 };
 use super::keys::HopKeys;
-use super::packet::{encrypt_payload, split_packet, unwrap_packet};
+use super::packet::{encrypt_payload, split_packet, unwrap_header_layer};
 use super::payload::encode_plaintext;
-use super::primitives::is_zero;
+use super::primitives::{LIONESS_GROUP, LIONESS_KEY_LEN, is_zero, lioness_decrypt_group};
 use super::route::{Delay, Destination, Hop, MixSecretKey, Version};
 use crate::x25519::{Backend, LengthMismatch, selected, x25519_batch_on};
 
@@ -94,16 +94,18 @@ fn unwrap_chunk<B: AsMut<[u8]>>(
     }
     run_ladders(backend, &scalars[..n], &alphas[..n], &mut outputs[..n]);
 
-    // everything between the ladders, packet by packet; keep the blinding factors of the
-    // forward hops for the second ladders, compacted in place
+    // the header layers, packet by packet; keep the blinding factors of the forward hops
+    // for the second ladders, compacted in place, and the payload keys
+    let mut payload_keys = [[0u8; LIONESS_KEY_LEN]; UNWRAP_CHUNK];
     let mut m = 0;
     for j in 0..n {
         let i = index[j];
         let outcome = split_packet(packets[i].as_mut())
-            .and_then(|(header, payload)| unwrap_packet(&outputs[j], header, payload));
+            .and_then(|(header, _)| unwrap_header_layer(&outputs[j], header));
         match outcome {
-            Ok((processed, blinding)) => {
+            Ok((processed, blinding, key)) => {
                 results[i] = Ok(processed);
+                payload_keys[i] = key;
                 if let Some(blinding) = blinding {
                     scalars[m] = blinding;
                     alphas[m] = alphas[j];
@@ -115,6 +117,8 @@ fn unwrap_chunk<B: AsMut<[u8]>>(
         }
     }
     outputs.zeroize();
+    remove_payload_layers(packets, results, &payload_keys);
+    payload_keys.zeroize();
 
     // second ladders: alpha'_i = X25519(blinding_i, alpha_i)
     run_ladders(backend, &scalars[..m], &alphas[..m], &mut outputs[..m]);
@@ -124,6 +128,36 @@ fn unwrap_chunk<B: AsMut<[u8]>>(
         }
     }
     scalars.zeroize();
+}
+
+/// The payload layers of every packet whose header unwrapped (`results[i]` is `Ok`, its
+/// key `keys[i]`), [`LIONESS_GROUP`] at a time.
+fn remove_payload_layers<B: AsMut<[u8]>>(
+    packets: &mut [B],
+    results: &[Result<Processed, ProcessError>],
+    keys: &[[u8; LIONESS_KEY_LEN]; UNWRAP_CHUNK],
+) {
+    let mut group_keys: [&[u8; LIONESS_KEY_LEN]; LIONESS_GROUP] = [&keys[0]; LIONESS_GROUP];
+    let mut group: [&mut [u8]; LIONESS_GROUP] = core::array::from_fn(|_| &mut [][..]);
+    let mut g = 0;
+    for ((packet, result), key) in packets.iter_mut().zip(results).zip(keys) {
+        if result.is_err() {
+            continue;
+        }
+        let Ok((_, payload)) = split_packet(packet.as_mut()) else {
+            continue;
+        };
+        group[g] = payload;
+        group_keys[g] = key;
+        g += 1;
+        if g == LIONESS_GROUP {
+            lioness_decrypt_group(&group_keys, &mut group);
+            g = 0;
+        }
+    }
+    if g > 0 {
+        lioness_decrypt_group(&group_keys[..g], &mut group[..g]);
+    }
 }
 
 /// The batched ladder; the three slices always have the same length here.

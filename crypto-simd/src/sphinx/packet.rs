@@ -11,6 +11,7 @@ use super::header::{
     HeaderRandomness, Processed, RouteKeys, Routing, alpha_of, build_header, check_alpha,
     check_route, derive_route_keys, header_mut, set_alpha, unwrap_header,
 };
+use super::keys::PayloadKey;
 use super::payload::{add_layer, encode_plaintext, remove_layer};
 use super::primitives::x25519;
 use super::route::{Delay, Destination, Hop, MixSecretKey, Version};
@@ -141,15 +142,25 @@ pub(crate) fn unwrap_packet(
     header: &mut [u8; HEADER_LEN],
     payload: &mut [u8],
 ) -> Result<(Processed, Option<[u8; 32]>), ProcessError> {
-    let unwrapped = unwrap_header(shared_secret, header)?;
-    let mut key = unwrapped.keys.payload_key(unwrapped.processed.version);
+    let (processed, blinding, mut key) = unwrap_header_layer(shared_secret, header)?;
     remove_layer(&key, payload);
     key.zeroize();
+    Ok((processed, blinding))
+}
+
+/// The header's part of [`unwrap_packet`]: the header layer removed, and the key of the
+/// payload's layer returned for the caller to remove (a batch removes several together).
+pub(crate) fn unwrap_header_layer(
+    shared_secret: &[u8; 32],
+    header: &mut [u8; HEADER_LEN],
+) -> Result<(Processed, Option<[u8; 32]>, PayloadKey), ProcessError> {
+    let unwrapped = unwrap_header(shared_secret, header)?;
+    let key = unwrapped.keys.payload_key(unwrapped.processed.version);
     let blinding = match unwrapped.processed.routing {
         Routing::Forward { .. } => Some(unwrapped.keys.blinding_factor()),
         Routing::Final { .. } => None,
     };
-    Ok((unwrapped.processed, blinding))
+    Ok((unwrapped.processed, blinding, key))
 }
 
 /// Builds a packet for `route` into `out`, whose length sets the payload size
