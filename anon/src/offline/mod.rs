@@ -45,7 +45,13 @@ use crate::messenger::{MessageError, Messenger, MessengerEvent, Received, SendOp
 use crate::wire::MessageId;
 
 mod collect;
+mod providers;
+mod remembered;
 mod store;
+
+use remembered::Remembered;
+
+use providers::providers;
 
 /// The port receipts of stored messages go to.
 pub const RECEIPT_PORT: u16 = 0xfff1;
@@ -664,69 +670,6 @@ impl Offline {
         }
     }
 
-    /// q of the binomial model for stored symbols: the mean answer rate of the providers
-    /// that take the boxes (those not asked last, see [`Self::order`]).
-    fn answer_rate(&self, providers: &[[u8; 32]]) -> f64 {
-        let best = providers
-            .iter()
-            .map(|p| self.rate_of(p))
-            .fold(0.0f64, f64::max);
-        let alive: Vec<f64> = providers
-            .iter()
-            .map(|p| self.rate_of(p))
-            .filter(|r| *r >= ALIVE * best)
-            .collect();
-        if alive.is_empty() {
-            return self.config.reliability_prior;
-        }
-        (alive.iter().sum::<f64>() / alive.len() as f64).clamp(0.05, 1.0)
-    }
-
-    fn rate_of(&self, sp: &[u8; 32]) -> f64 {
-        match self.sp.get(sp) {
-            Some(s) if s.samples >= MIN_SAMPLES => s.rate,
-            _ => self.config.reliability_prior,
-        }
-    }
-
-    fn sample(&mut self, sp: [u8; 32], answered: bool) {
-        let prior = self.config.reliability_prior;
-        let s = self.sp.entry(sp).or_insert(SpStats {
-            samples: 0,
-            rate: prior,
-        });
-        s.samples = s.samples.saturating_add(1);
-        let x = if answered { 1.0 } else { 0.0 };
-        s.rate += 0.2 * (x - s.rate);
-    }
-
-    /// The providers of a box in the order to ask them: rendezvous hashing of the box ID,
-    /// the ones that stopped answering last. "Stopped" is relative to the best provider:
-    /// when this node itself was cut off, every provider's rate fell alike, and none is
-    /// singled out.
-    fn order(&self, providers: &[[u8; 32]], box_id: &[u8; 32]) -> Vec<[u8; 32]> {
-        let best = providers
-            .iter()
-            .map(|p| self.rate_of(p))
-            .fold(0.0f64, f64::max);
-        let mut scored: Vec<(bool, [u8; 8], [u8; 32])> = providers
-            .iter()
-            .map(|sp| {
-                let h = Sha256::new()
-                    .chain_update(b"mixed-offline-v1 provider")
-                    .chain_update(box_id)
-                    .chain_update(sp)
-                    .finalize();
-                let mut score = [0u8; 8];
-                score.copy_from_slice(&h[..8]);
-                (self.rate_of(sp) < ALIVE * best, score, *sp)
-            })
-            .collect();
-        // alive first, then the highest score
-        scored.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        scored.into_iter().map(|(_, _, sp)| sp).collect()
-    }
-
     /// Sends what is due: a PUT (at most `store_rate` a second), a GET (at random times,
     /// `fetch_rate` a second on average), and retries of requests past their timeout.
     pub fn poll(&mut self, now: Timestamp, messenger: &mut Messenger) {
@@ -839,58 +782,6 @@ impl Offline {
 /// taken for the application's.
 const RETIRED_REMEMBERED: usize = 65_536;
 
-/// The last message IDs inserted, at most a number of them: a set with a memory limit.
-#[derive(Debug)]
-struct Remembered {
-    set: HashSet<MessageId>,
-    order: VecDeque<MessageId>,
-    cap: usize,
-}
-
-impl Remembered {
-    fn new(cap: usize) -> Remembered {
-        Remembered {
-            set: HashSet::new(),
-            order: VecDeque::new(),
-            cap,
-        }
-    }
-
-    /// Remembers `id` (the oldest is forgotten past the limit); `false` when it was known.
-    fn insert(&mut self, id: MessageId) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-
-    fn contains(&self, id: &MessageId) -> bool {
-        self.set.contains(id)
-    }
-}
-
 /// Stored messages delivered, remembered (and kept on disk by a node) so that boxes read
 /// again do not deliver them twice.
 pub const DELIVERED_REMEMBERED: usize = 65_536;
-
-/// The providers of the storage service in the messenger's consensus, by node ID.
-fn providers(messenger: &Messenger) -> Vec<[u8; 32]> {
-    let Some(paths) = messenger.paths() else {
-        return Vec::new();
-    };
-    let mut out: Vec<[u8; 32]> = paths
-        .consensus()
-        .nodes()
-        .iter()
-        .filter(|n| n.roles.services.iter().any(|s| s == STORAGE_ROLE))
-        .map(|n| n.id())
-        .collect();
-    out.sort_unstable();
-    out
-}
