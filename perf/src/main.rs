@@ -26,19 +26,15 @@
     clippy::expect_used
 )]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use node::IoChoice;
 use node::capacity::{
-    self, BenchNet, Costs, NodeTemplate, OFFERED_SHARE, Probe, Started, Trial, cpu_seconds,
-    fetch_metrics,
+    self, BenchNet, ChildNode, Costs, OFFERED_SHARE, Started, Trial, cpu_seconds, fetch_metrics,
 };
-use pki_client::IdentitySecret;
 
 #[derive(Parser)]
 #[command(
@@ -68,75 +64,6 @@ struct Args {
     /// Seconds the idle node is watched.
     #[arg(long, default_value_t = 60)]
     idle_seconds: u64,
-}
-
-/// A `mixed node` process under test; killed when dropped.
-struct ProcessNode {
-    child: Child,
-    probe: Probe,
-}
-
-impl Started for ProcessNode {
-    fn probe(&self) -> Probe {
-        self.probe
-    }
-}
-
-impl Drop for ProcessNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(
-    net: &NodeTemplate,
-    mixed: &Path,
-    io: IoChoice,
-    name: &str,
-    listen: SocketAddr,
-    bandwidth: f64,
-) -> Result<ProcessNode> {
-    let metrics = capacity::free_tcp_port()?;
-    let config = net.config(name, bandwidth, io, listen, metrics);
-    std::fs::create_dir_all(&config.key_dir)?;
-    let path = config.key_dir.join("node.toml");
-    std::fs::write(&path, net.toml(&config))?;
-    let child = Command::new(mixed)
-        .args(["node", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "error")
-        .spawn()
-        .context("starting the node under test")?;
-    let pid = child.id();
-    let mut node = ProcessNode {
-        child,
-        probe: Probe {
-            id: [0; 32],
-            metrics,
-            pid,
-        },
-    };
-    // its identity (created at its first start) and its metrics answering
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(id) = std::fs::read_to_string(config.key_dir.join("identity.key"))
-            .ok()
-            .and_then(|t| pki_client::json::parse_hex32(&t))
-            .map(|b| IdentitySecret::from_bytes(b).public().node_id())
-            && fetch_metrics(metrics).is_some()
-        {
-            node.probe.id = id;
-            return Ok(node);
-        }
-        if let Ok(Some(status)) = node.child.try_wait() {
-            bail!("the node under test exited: {status}");
-        }
-        if Instant::now() > deadline {
-            bail!("the node under test did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn print_trial(io: &str, t: &Trial) {
@@ -192,7 +119,7 @@ fn header() {
 
 fn idle(net: &mut BenchNet, mixed: &Path, io: IoChoice, seconds: u64) -> Result<()> {
     let listen = capacity::free_port()?;
-    let node = start_node(&net.template(), mixed, io, "idle", listen, 50.0)?;
+    let node = ChildNode::start(&net.template(), mixed, io, "idle", listen, 50.0)?;
     let probe = node.probe();
     // listed and installed: the cost of an idle node in a network, not of one starting
     let deadline = Instant::now() + Duration::from_secs(4 * capacity::EPOCH_SECONDS + 10);
@@ -266,17 +193,14 @@ fn main() -> Result<()> {
         let node_name = format!("node-{name}");
         let template = net.template();
         if let Some(b) = args.bandwidth {
-            let node = start_node(&template, &mixed, *io, &node_name, listen, b)?;
+            let node = ChildNode::start(&template, &mixed, *io, &node_name, listen, b)?;
             let offered = args.offered.unwrap_or(OFFERED_SHARE) * net.forward_budget(b);
             let t = net.trial(&node.probe(), b, offered, args.seconds)?;
             print_trial(name, &t);
         } else {
             let search = capacity::search(
                 &mut net,
-                |b| {
-                    start_node(&template, &mixed, *io, &node_name, listen, b)
-                        .map_err(|e| capacity::CapacityError::Setup(format!("{e:#}")))
-                },
+                |b| ChildNode::start(&template, &mixed, *io, &node_name, listen, b),
                 estimate * 0.8,
                 args.steps,
                 args.seconds,

@@ -3,8 +3,8 @@
 //! its forward budget, B - rho * B / h - L * b_loop (section 4.3 of the paper).
 //!
 //! A bench network of three authorities and a sink runs in this process; the node under
-//! test is a `mixed node` process (`mixed-perf`) or a node of this process (`mixed node
-//! --self-test`). The load is 2-hop packets (the node, then the sink) with zero delay, built
+//! test is a `mixed node` process of its own ([`ChildNode`]), for `mixed-perf` and `mixed
+//! node --self-test` alike. The load is 2-hop packets (the node, then the sink) with zero delay, built
 //! before each trial, sent by one thread with sendmmsg; the sink counts with recvmmsg. Each
 //! trial reads the node's metrics before and after, so its figures are the window's own:
 //! slots, forwards, cover, lateness quantiles, drops by reason, and the CPU time of the
@@ -16,6 +16,7 @@
 
 pub mod load;
 mod machine;
+mod process;
 pub mod selftest;
 mod trial;
 
@@ -42,6 +43,7 @@ pub use load::{Samples, cpu_seconds, fetch_metrics};
 pub use machine::{
     Costs, costs, free_port, free_tcp_port, loopback_round_trip, timer_overshoot_p99,
 };
+pub use process::ChildNode;
 pub use trial::{NOISE, Trial};
 
 /// The share of its forward budget a node is offered in a trial.

@@ -1,16 +1,17 @@
 //! `mixed node --self-test`: this machine's capacity, for an operator sizing a relay. The
-//! same bench and search as `mixed-perf`, with the node under test in this process.
+//! same bench and search as `mixed-perf`: the node under test is this binary, started as
+//! `mixed node` in a process of its own for every B tried (in this process it shared the
+//! allocator, the caches and the scheduler's attention with the load generator and the
+//! sink, and found 0.58-0.77x what `mixed-perf` found minutes before or after).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{
-    BenchNet, CapacityError, NodeTemplate, OFFERED_SHARE, Probe, Started, Trial, costs, free_port,
-    free_tcp_port, loopback_round_trip, search,
+    BenchNet, CapacityError, ChildNode, OFFERED_SHARE, Trial, costs, free_port,
+    loopback_round_trip, search,
 };
 use crate::io::IoChoice;
-use crate::runtime::Node;
 
 /// What the self-test found.
 #[derive(Debug)]
@@ -90,45 +91,6 @@ impl SelfTest {
     }
 }
 
-/// A node of this process under test, stopped when dropped.
-struct InProcess {
-    node: Option<Node>,
-    metrics: SocketAddr,
-}
-
-impl Started for InProcess {
-    fn probe(&self) -> Probe {
-        Probe {
-            id: self.node.as_ref().map(|n| n.node_id()).unwrap_or([0; 32]),
-            metrics: self.metrics,
-            pid: std::process::id(),
-        }
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(n) = self.node.take() {
-            n.stop();
-        }
-    }
-}
-
-fn start(
-    template: &NodeTemplate,
-    io: IoChoice,
-    listen: SocketAddr,
-    bandwidth: f64,
-) -> Result<InProcess, CapacityError> {
-    let metrics = free_tcp_port()?;
-    let config = template.config("self-test", bandwidth, io, listen, metrics);
-    let node = Node::start(config).map_err(|e| CapacityError::Setup(e.to_string()))?;
-    Ok(InProcess {
-        node: Some(node),
-        metrics,
-    })
-}
-
 /// Runs the self-test: the cryptography's rates, the loopback round trip, then `steps`
 /// trials of `seconds` each searching for the capacity; `progress` hears of each trial.
 pub fn run(
@@ -144,9 +106,10 @@ pub fn run(
     let estimate = 0.8 / (share * c.unwrap + (1.0 - share) * c.cover);
     let template = net.template();
     let listen = free_port()?;
+    let mixed = std::env::current_exe()?;
     let found = search(
         &mut net,
-        |b| start(&template, io, listen, b),
+        |b| ChildNode::start(&template, &mixed, io, "self-test", listen, b),
         estimate,
         steps,
         seconds,
