@@ -193,6 +193,8 @@ impl Node {
             engine_config.families = families;
             engine_config.alert = config.on_loop_collapse;
             engine_config.ingress_hold = engine::DEFAULT_INGRESS_HOLD;
+            // room for B / mu held packets, whatever B and the network's mean delay
+            engine_config.fit_to_delay = true;
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed)?;
             let engine = Engine::new(engine_config, seed)?;

@@ -1,6 +1,11 @@
 //! Queues filled to their limits: a clear error or a counted drop, never an unbounded queue.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 use engine::SendError;
 use stack::sim::{LinkModel, Sim, params};
@@ -83,6 +88,45 @@ fn a_full_packet_pool_or_timer_wheel_is_a_counted_drop() {
     for n in &sim.nodes {
         assert!(n.engine().held() <= 16);
     }
+}
+
+#[test]
+fn an_engine_fitted_to_the_delay_holds_what_b_over_mu_needs() {
+    // packets held 4 s on average: each mix holds several hundred, above a wheel and a
+    // pool of 512 (as a relay at B = 40,000 and 1/mu = 1 s holds ~38,000, above 4,096)
+    let mut params = params(3);
+    params.mean_delay_micros = 4_000_000;
+    let run = |fit: bool| {
+        let mut sim = Sim::with_engines(5, 10, params, 2000.0, LinkModel::PERFECT, &|c| {
+            c.pool_size = 512;
+            c.wheel_capacity = 512;
+            c.fit_to_delay = fit;
+        });
+        flood(&mut sim, 8);
+        let full: u64 = sim
+            .nodes
+            .iter()
+            .map(|n| {
+                let c = n.engine().counters();
+                c.drops(engine::DropReason::WheelFull) + c.drops(engine::DropReason::PoolFull)
+            })
+            .sum();
+        let held = sim.nodes.iter().map(|n| n.engine().held()).max().unwrap();
+        let capacity = sim.nodes[1].engine().config().wheel_capacity;
+        (full, held, capacity)
+    };
+    let (full, held, capacity) = run(false);
+    eprintln!("not fitted: wheel {capacity}, {full} dropped full, {held} held at most at the end");
+    assert_eq!(capacity, 512);
+    assert!(full > 0, "a wheel of 512 was enough: {held} held");
+    let (full, held, capacity) = run(true);
+    eprintln!("fitted: wheel {capacity}, {full} dropped full, {held} held at most at the end");
+    assert_eq!(
+        capacity,
+        engine::held_for(2000.0, std::time::Duration::from_secs(4))
+    );
+    assert_eq!(full, 0, "drops with the wheel fitted to {capacity}");
+    assert!(held > 512, "only {held} held: the case needs no fitting");
 }
 
 #[test]

@@ -59,6 +59,26 @@ pub enum InstallError {
 }
 
 impl Engine {
+    /// Grows the wheel and the pool to what this core's rate and `mean_delay` need
+    /// ([`super::held_for`]), before the first packet is held (the first consensus): the
+    /// wheel is empty and the pool not yet allocated.
+    fn fit_to_delay(&mut self, mean_delay: Duration) {
+        let held = super::held_for(self.config.rate, mean_delay);
+        if held > self.config.wheel_capacity && self.wheel.is_empty() {
+            self.config.wheel_capacity = held;
+            self.wheel = scheduler::TimerWheel::new(held, self.wheel.now());
+        }
+        // every held packet, plus what waits for a slot or for the socket
+        let pool = (self.config.wheel_capacity
+            + self.config.forward_queue
+            + self.config.tx_queue
+            + self.config.own_queue
+            + super::LOOP_STOCK
+            + super::COVER_STOCK)
+            .min(super::MAX_FITTED_BUFFERS);
+        self.config.pool_size = self.config.pool_size.max(pool);
+    }
+
     /// Honours this node's key for `epoch` before that epoch is installed: a node that
     /// installed it a moment earlier (its clock or its poll ahead of this one's) already
     /// sends under it, and those packets are authentic. `replay` must be the filter that
@@ -122,6 +142,9 @@ impl Engine {
         }
         if self.packet_size == 0 {
             self.packet_size = size;
+            if self.config.fit_to_delay {
+                self.fit_to_delay(Duration::from_micros(params.mean_delay_micros));
+            }
             self.pool = PacketPool::new(self.config.pool_size, size);
             self.next_hop = vec![None; self.config.pool_size];
             self.scratch = Vec::with_capacity(size);

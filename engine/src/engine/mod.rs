@@ -70,6 +70,13 @@ pub struct EngineConfig {
     pub pool_size: usize,
     /// Most packets held for their delay at once.
     pub wheel_capacity: usize,
+    /// Whether the first consensus may grow `wheel_capacity` and `pool_size` to what this
+    /// rate and the network's mean delay need ([`held_for`]): a node forwarding B packets
+    /// a second, each held an exponential delay of mean 1/mu, holds B/mu of them on
+    /// average (4,000 at B = 40,000 and 1/mu = 100 ms). Never above [`MAX_FITTED_BUFFERS`];
+    /// never below the configured sizes. The node runtime sets it; tests that fill the
+    /// queues on purpose leave it off.
+    pub fit_to_delay: bool,
     /// Timer tick.
     pub tick: Duration,
     /// The longest delay honoured; a packet asking for more is dropped.
@@ -109,6 +116,22 @@ pub struct EngineConfig {
     pub ingress_hold: Duration,
 }
 
+/// The most packet buffers [`EngineConfig::fit_to_delay`] gives a core: 2^17, about 190 MB
+/// of 1,452-byte packets. A rate and mean delay that need more are capped here, and what
+/// does not fit is a counted drop (`wheel_full`, `pool_full`).
+pub const MAX_FITTED_BUFFERS: usize = 1 << 17;
+
+/// The timer wheel's capacity that holds what a core emitting `rate` packets a second
+/// holds for delays of mean `mean_delay`: the packets held form a Poisson number of mean
+/// rate / mu (an M/G/infinity queue whose arrivals are at most the rate), so the mean
+/// plus six of its standard deviations, plus a margin for bursts that arrive faster than
+/// the rate for a while. Capped at [`MAX_FITTED_BUFFERS`].
+pub fn held_for(rate: f64, mean_delay: Duration) -> usize {
+    let mean = (rate.max(0.0) * mean_delay.as_secs_f64()).min(MAX_FITTED_BUFFERS as f64);
+    let want = mean + 6.0 * mean.sqrt() + 256.0;
+    (want.ceil() as usize).min(MAX_FITTED_BUFFERS)
+}
+
 /// The node runtime's [`EngineConfig::ingress_hold`]: a fifth of a millisecond added to a
 /// hop at most, at rates where a group of lanes takes longer than that to fill.
 pub const DEFAULT_INGRESS_HOLD: Duration = Duration::from_micros(200);
@@ -134,6 +157,7 @@ impl EngineConfig {
             forwarding: true,
             pool_size: 4096,
             wheel_capacity: 4096,
+            fit_to_delay: false,
             tick: scheduler::DEFAULT_TICK,
             max_delay: Duration::from_secs(60),
             tx_queue: 1024,
