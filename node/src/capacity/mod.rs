@@ -2,14 +2,14 @@
 //! time (p99 lateness under 1 ms) with no forward-budget drop while it is offered 95% of
 //! its forward budget, B - rho * B / h - L * b_loop (section 4.3 of the paper).
 //!
-//! A bench network of three authorities and a sink runs in this process; the node under
-//! test is a `mixed node` process of its own ([`ChildNode`]), for `mixed-perf` and `mixed
-//! node --self-test` alike. The load is 2-hop packets (the node, then the sink) with zero
-//! delay, built before each trial, sent by one thread with sendmmsg; the sink counts with
-//! recvmmsg. Each trial reads the node's metrics before and after, so its figures are the window's own:
-//! slots, forwards, cover, lateness quantiles, drops by reason, and the CPU time of the
-//! node's core threads. [`costs`] measures, in this process and on the same geometry, the
-//! work of an unwrap (what a forward costs), of a drop-cover packet and of a loop.
+//! A bench network of three authorities and a sink runs in this process; the node under test is a
+//! `mixed node` process of its own ([`ChildNode`]), for `mixed-perf` and `mixed node --self-test`
+//! alike. The load is 2-hop packets (the node, then the sink) with zero delay, built before each
+//! trial, sent by one thread with sendmmsg; the sink counts with recvmmsg. Each trial reads the
+//! node's metrics before and after, so its figures are the window's own: slots, forwards, cover,
+//! lateness quantiles, drops by reason, and the CPU time of the node's core threads. [`costs`]
+//! measures, in this process and on the same geometry, the work of an unwrap (what a forward
+//! costs), of a drop-cover packet and of a loop.
 
 // a measuring tool: it reads clocks and OS randomness at its root
 #![allow(clippy::disallowed_methods)]
