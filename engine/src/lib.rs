@@ -16,7 +16,7 @@ pub mod replay;
 pub use counters::{Counters, DropReason, OutCategory};
 pub use engine::{
     AlertPolicy, DEFAULT_INGRESS_HOLD, Engine, EngineConfig, EpochKeys, Event, InstallError,
-    MAX_FITTED_BUFFERS, SendError, Transmit, held_for,
+    MAX_FITTED_BUFFERS, READY_SPAN, SendError, Transmit, held_for, ready_for,
 };
 pub use paths::{FORWARD_BATCH, Families, ForwardItem, Paths, direct_id, parse_direct_id};
 pub use replay::{ReplayCheck, ReplayFilter, Seen};

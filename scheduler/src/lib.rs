@@ -18,7 +18,10 @@ pub mod sampler;
 pub mod time;
 pub mod wheel;
 
-pub use emission::{Emission, EmissionCounters, EmissionParams, Emitter, ForwardDrop, ParamsError};
+pub use emission::{
+    Emission, EmissionCounters, EmissionParams, Emitter, ForwardDrop, MAX_FORWARD_QUEUE,
+    ParamsError,
+};
 pub use sampler::{ExpDelay, PoissonClock, SamplerError};
 pub use time::{DEFAULT_TICK, TickClock, Timestamp};
 pub use wheel::{TimerKey, TimerWheel, WheelError};

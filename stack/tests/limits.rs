@@ -130,6 +130,30 @@ fn an_engine_fitted_to_the_delay_holds_what_b_over_mu_needs() {
 }
 
 #[test]
+fn the_ready_queue_is_fitted_to_fifty_milliseconds_of_slots() {
+    assert_eq!(engine::ready_for(40_000.0), 2_000);
+    assert_eq!(engine::ready_for(30_000.0), 1_500);
+    // the unfitted default is the floor
+    assert_eq!(engine::ready_for(200.0), 256);
+    assert_eq!(engine::ready_for(0.0), 256);
+    assert_eq!(
+        engine::ready_for(f64::INFINITY),
+        scheduler::MAX_FORWARD_QUEUE
+    );
+    // an engine fitted at the first consensus (installed as the network is built) takes
+    // it, and its pool has room for it
+    let sim = Sim::with_engines(3, 10, params(3), 20_000.0, LinkModel::PERFECT, &|c| {
+        c.fit_to_delay = true;
+    });
+    let config = sim.nodes[0].engine().config();
+    assert_eq!(config.forward_queue, 1_000);
+    assert!(config.pool_size >= config.wheel_capacity + 1_000);
+    // unfitted, the configured queue stays
+    let sim = Sim::with_engines(3, 10, params(3), 20_000.0, LinkModel::PERFECT, &|_| {});
+    assert_eq!(sim.nodes[0].engine().config().forward_queue, 256);
+}
+
+#[test]
 fn the_messengers_incoming_table_is_bounded_and_counted() {
     let mut net = stack::sim::MessageNet::messengers(6, 12, params(3), 200.0, LinkModel::PERFECT);
     let own_rate = net.messenger(0).config().own_rate;

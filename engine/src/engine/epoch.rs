@@ -63,6 +63,7 @@ impl Engine {
     /// ([`super::held_for`]), before the first packet is held (the first consensus): the
     /// wheel is empty and the pool not yet allocated.
     fn fit_to_delay(&mut self, mean_delay: Duration) {
+        self.config.forward_queue = self.fitted_forward_queue();
         let held = super::held_for(self.config.rate, mean_delay);
         if held > self.config.wheel_capacity && self.wheel.is_empty() {
             self.config.wheel_capacity = held;
@@ -77,6 +78,21 @@ impl Engine {
             + super::COVER_STOCK)
             .min(super::MAX_FITTED_BUFFERS);
         self.config.pool_size = self.config.pool_size.max(pool);
+    }
+
+    /// The ready queue the first consensus gives the emitter: fitted to the rate when
+    /// [`EngineConfig::fit_to_delay`] is set and no epoch is installed yet, else as
+    /// configured.
+    ///
+    /// [`EngineConfig::fit_to_delay`]: super::EngineConfig::fit_to_delay
+    fn fitted_forward_queue(&self) -> usize {
+        if self.config.fit_to_delay && self.packet_size == 0 {
+            self.config
+                .forward_queue
+                .max(super::ready_for(self.config.rate))
+        } else {
+            self.config.forward_queue
+        }
     }
 
     /// Honours this node's key for `epoch` before that epoch is installed: a node that
@@ -129,7 +145,7 @@ impl Engine {
             h: u32::from(params.hops),
             l: params.loops,
             b_loop: f64::from(params.loop_rate_millis) / 1000.0,
-            forward_queue: self.config.forward_queue,
+            forward_queue: self.fitted_forward_queue(),
         };
         let keep = self
             .emitter
@@ -141,10 +157,11 @@ impl Engine {
             self.emitter = Some(emitter);
         }
         if self.packet_size == 0 {
-            self.packet_size = size;
+            // fitted while no epoch is installed (the ready queue's size depends on it)
             if self.config.fit_to_delay {
                 self.fit_to_delay(Duration::from_micros(params.mean_delay_micros));
             }
+            self.packet_size = size;
             self.pool = PacketPool::new(self.config.pool_size, size);
             self.next_hop = vec![None; self.config.pool_size];
             self.scratch = Vec::with_capacity(size);
