@@ -33,7 +33,8 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use node::IoChoice;
 use node::capacity::{
-    self, BenchNet, ChildNode, Costs, OFFERED_SHARE, Started, Trial, cpu_seconds, fetch_metrics,
+    self, BenchNet, Bisection, ChildNode, Costs, OFFERED_SHARE, Started, Trial, cpu_seconds,
+    fetch_metrics,
 };
 
 #[derive(Parser)]
@@ -187,28 +188,48 @@ fn main() -> Result<()> {
         net.lateness_bound() * 1e6
     );
     header();
-    let mut found = Vec::new();
-    for (io, name) in &backends {
-        let listen = capacity::free_port()?;
-        let node_name = format!("node-{name}");
-        let template = net.template();
-        if let Some(b) = args.bandwidth {
-            let node = ChildNode::start(&template, &mixed, *io, &node_name, listen, b)?;
+    if let Some(b) = args.bandwidth {
+        for (io, name) in &backends {
+            let listen = capacity::free_port()?;
+            let node_name = format!("node-{name}");
+            let node = ChildNode::start(&net.template(), &mixed, *io, &node_name, listen, b)?;
             let offered = args.offered.unwrap_or(OFFERED_SHARE) * net.forward_budget(b);
             let t = net.trial(&node.probe(), b, offered, args.seconds)?;
             print_trial(name, &t);
-        } else {
-            let search = capacity::search(
+        }
+        return Ok(());
+    }
+    // the backends' bisections take turns, a B of one then a B of the other, so that
+    // the host's quiet and busy moments fall on both alike
+    let mut searches = Vec::new();
+    for (io, name) in &backends {
+        searches.push((
+            *io,
+            *name,
+            capacity::free_port()?,
+            Bisection::new(estimate * 0.8),
+        ));
+    }
+    let template = net.template();
+    let mut trials = Vec::new();
+    for _ in 0..args.steps {
+        for (io, name, listen, bisection) in &mut searches {
+            let node_name = format!("node-{name}");
+            let on_time = capacity::try_bandwidth(
                 &mut net,
-                |b| ChildNode::start(&template, &mixed, *io, &node_name, listen, b),
-                estimate * 0.8,
-                args.steps,
+                |b| ChildNode::start(&template, &mixed, *io, &node_name, *listen, b),
+                bisection.next(),
                 args.seconds,
+                &mut trials,
                 |t| print_trial(name, t),
             )?;
-            found.push((*name, search.capacity));
+            bisection.record(on_time);
         }
     }
+    let found: Vec<(&str, Option<f64>)> = searches
+        .iter()
+        .map(|(_, name, _, bisection)| (*name, bisection.capacity()))
+        .collect();
     println!();
     for (name, cap) in &found {
         match cap {
@@ -220,6 +241,12 @@ fn main() -> Result<()> {
             ),
             None => println!("{name}: no B on time among those tried"),
         }
+    }
+    if let [(_, Some(uring)), (_, Some(portable))] = found[..] {
+        println!(
+            "io_uring / portable: {:.2}x (target >= 1x)",
+            uring / portable
+        );
     }
     Ok(())
 }

@@ -483,9 +483,83 @@ pub struct Search {
     pub capacity: Option<f64>,
 }
 
-/// Finds the highest B per core on time, by bisection from `estimate`: `steps` values of
-/// B, each tried once, or twice when the first trial is behind, for `seconds` a trial, a
-/// node started for each by `start(B)`.
+/// A bisection for the highest B per core on time: up from the estimate by half while
+/// on time, down by a third while behind, then halving the interval, each B a round 100.
+#[derive(Clone, Copy, Debug)]
+pub struct Bisection {
+    good: Option<f64>,
+    bad: Option<f64>,
+    next: f64,
+}
+
+impl Bisection {
+    /// A bisection that starts at `estimate`.
+    pub fn new(estimate: f64) -> Self {
+        Bisection {
+            good: None,
+            bad: None,
+            next: estimate,
+        }
+    }
+
+    /// The B to try next.
+    pub fn next(&self) -> f64 {
+        self.next
+    }
+
+    /// Records whether [`Self::next`] was on time, and moves on.
+    pub fn record(&mut self, on_time: bool) {
+        let b = self.next;
+        if on_time {
+            self.good = Some(b);
+        } else {
+            self.bad = Some(b);
+        }
+        let next = match (self.good, self.bad) {
+            (Some(g), Some(x)) => (g + x) / 2.0,
+            (Some(g), None) => g * 1.5,
+            (None, Some(x)) => x / 1.5,
+            (None, None) => b,
+        };
+        self.next = (next / 100.0).round() * 100.0;
+    }
+
+    /// The highest B on time so far.
+    pub fn capacity(&self) -> Option<f64> {
+        self.good
+    }
+}
+
+/// Tries one B with a node started by `start(B)`: once, or twice when the first trial is
+/// behind (one stall of the machine, a host taking the core for milliseconds, fails a
+/// trial that the node itself would pass). Returns whether it was on time, after pushing
+/// the trials to `trials`.
+pub fn try_bandwidth<S: Started>(
+    net: &mut BenchNet,
+    mut start: impl FnMut(f64) -> Result<S>,
+    b: f64,
+    seconds: f64,
+    trials: &mut Vec<Trial>,
+    mut progress: impl FnMut(&Trial),
+) -> Result<bool> {
+    for _ in 0..2 {
+        let node = start(b)?;
+        let budget = net.forward_budget(b);
+        let trial = net.trial(&node.probe(), b, OFFERED_SHARE * budget, seconds)?;
+        drop(node);
+        progress(&trial);
+        let on_time = trial.on_time();
+        trials.push(trial);
+        if on_time {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Finds the highest B per core on time, by bisection from `estimate` ([`Bisection`]):
+/// `steps` values of B, each tried by [`try_bandwidth`], for `seconds` a trial, a node
+/// started for each by `start(B)`.
 pub fn search<S: Started>(
     net: &mut BenchNet,
     mut start: impl FnMut(f64) -> Result<S>,
@@ -495,39 +569,20 @@ pub fn search<S: Started>(
     mut progress: impl FnMut(&Trial),
 ) -> Result<Search> {
     let mut trials = Vec::new();
-    let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
-    let mut b = estimate;
+    let mut bisection = Bisection::new(estimate);
     for _ in 0..steps {
-        // a B is behind when two trials in a row are: one stall of the machine (a host
-        // taking the core for milliseconds) fails a trial that the node itself would pass
-        let mut on_time = false;
-        for _ in 0..2 {
-            let node = start(b)?;
-            let budget = net.forward_budget(b);
-            let trial = net.trial(&node.probe(), b, OFFERED_SHARE * budget, seconds)?;
-            drop(node);
-            progress(&trial);
-            on_time = trial.on_time();
-            trials.push(trial);
-            if on_time {
-                break;
-            }
-        }
-        if on_time {
-            good = Some(b);
-        } else {
-            bad = Some(b);
-        }
-        b = match (good, bad) {
-            (Some(g), Some(x)) => (g + x) / 2.0,
-            (Some(g), None) => g * 1.5,
-            (None, Some(x)) => x / 1.5,
-            (None, None) => b,
-        };
-        b = (b / 100.0).round() * 100.0;
+        let on_time = try_bandwidth(
+            net,
+            &mut start,
+            bisection.next(),
+            seconds,
+            &mut trials,
+            &mut progress,
+        )?;
+        bisection.record(on_time);
     }
     Ok(Search {
         trials,
-        capacity: good,
+        capacity: bisection.capacity(),
     })
 }
