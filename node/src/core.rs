@@ -345,6 +345,7 @@ fn snapshot(
         own_queued: engine.own_queued(),
         lateness: lateness.clone(),
         io: io.name(),
+        socket_drops: io.socket_drops(),
     }
 }
 

@@ -158,15 +158,25 @@ impl KeyDir {
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> KeyDir {
+    /// A key directory for one test, removed when the guard is dropped.
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(name: &str) -> (Scratch, KeyDir) {
         let d = std::env::temp_dir().join(format!("mixed-keys-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        KeyDir::open(&d).unwrap()
+        let keys = KeyDir::open(&d).unwrap();
+        (Scratch(d), keys)
     }
 
     #[test]
     fn an_empty_identity_file_left_by_a_crash_is_replaced() {
-        let keys = dir("empty");
+        let (_d, keys) = dir("empty");
         std::fs::write(keys.dir.join("identity.key"), "").unwrap();
         let id = keys.identity().unwrap();
         // the new key is on disk, whole, and no temporary file is left
@@ -180,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_identity_stops_with_the_right_advice_and_a_corrupt_mix_key_is_replaced() {
-        let keys = dir("corrupt");
+        let (_d, keys) = dir("corrupt");
         std::fs::write(keys.dir.join("identity.key"), "garbage").unwrap();
         let err = keys.identity().unwrap_err().to_string();
         assert!(
@@ -195,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_key_file_is_never_overwritten() {
-        let keys = dir("exists");
+        let (_d, keys) = dir("exists");
         let path = keys.dir.join("mix-1.key");
         dirauth::config::write_private(&path, "one").unwrap();
         let again = dirauth::config::write_private(&path, "two").unwrap_err();

@@ -30,6 +30,9 @@ pub struct CoreSnapshot {
     pub lateness: hdrhistogram::Histogram<u64>,
     /// Its I/O backend.
     pub io: &'static str,
+    /// Datagrams the kernel dropped at its socket, the receive queue full while the core
+    /// was behind (`SO_MEMINFO`), since the socket was opened.
+    pub socket_drops: u64,
 }
 
 /// The node's metrics.
@@ -289,11 +292,12 @@ impl Metrics {
     pub fn render(&self) -> String {
         let cores = self.cores().clone();
         let mut total = Counters::default();
-        let (mut held, mut own) = (0usize, 0usize);
+        let (mut held, mut own, mut socket_drops) = (0usize, 0usize, 0u64);
         for c in cores.iter().flatten() {
             total.add(&c.counters);
             held += c.held;
             own += c.own_queued;
+            socket_drops += c.socket_drops;
         }
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
@@ -342,10 +346,12 @@ impl Metrics {
                 ("{kind=\"final\"}", total.final_hops),
             ],
         );
-        let drops: Vec<(String, u64)> = DropReason::ALL
+        let mut drops: Vec<(String, u64)> = DropReason::ALL
             .iter()
             .map(|r| (format!("{{reason=\"{}\"}}", r.label()), total.drops(*r)))
             .collect();
+        // the kernel's, before the engine saw them: a core too slow for what it receives
+        drops.push(("{reason=\"socket_overflow\"}".into(), socket_drops));
         let drops: Vec<(&str, u64)> = drops.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         counter("drops_total", "Packets dropped, by reason.", &drops);
         counter(
@@ -822,6 +828,7 @@ mod tests {
                     own_queued: 1,
                     lateness: lateness.clone(),
                     io: "portable",
+                    socket_drops: 2,
                 },
             );
         }
@@ -833,6 +840,10 @@ mod tests {
         assert_eq!(samples["mixed_send_failed_total{category=\"cover\"}"], 2.0);
         assert_eq!(samples["mixed_departure_lateness_seconds_count"], 4.0);
         assert_eq!(samples["mixed_core_info{core=\"1\",io=\"portable\"}"], 1.0);
+        assert_eq!(
+            samples["mixed_drops_total{reason=\"socket_overflow\"}"],
+            4.0
+        );
     }
 
     #[test]

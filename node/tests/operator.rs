@@ -20,33 +20,55 @@ fn mixed() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mixed"))
 }
 
-fn dir(name: &str) -> PathBuf {
+/// A test's scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("mixed-operator-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
-/// A passive node of one core listening on `listen`, with one authority at `url`.
-fn passive_node(name: &str, listen: std::net::SocketAddr, url: String) -> NodeConfig {
-    NodeConfig {
-        key_dir: dir(name).join("keys"),
-        listen,
-        advertise: vec![],
-        bandwidth: 10.0,
-        cores: 1,
-        io: node::IoChoice::Portable,
-        metrics: None,
-        passive: true,
-        on_loop_collapse: engine::AlertPolicy::Withdraw,
-        api_socket: None,
-        storage: None,
-        offline: Default::default(),
-        authorities: vec![pki_client::AuthorityEndpoint {
-            identity: pki_client::IdentityKey([1; 32]),
-            url,
-        }],
-    }
+/// A passive node of one core listening on `listen`, with one authority at `url`, and the
+/// directory its keys are kept in.
+fn passive_node(name: &str, listen: std::net::SocketAddr, url: String) -> (Scratch, NodeConfig) {
+    let d = dir(name);
+    let key_dir = d.join("keys");
+    (
+        d,
+        NodeConfig {
+            key_dir,
+            listen,
+            advertise: vec![],
+            bandwidth: 10.0,
+            cores: 1,
+            io: node::IoChoice::Portable,
+            metrics: None,
+            passive: true,
+            on_loop_collapse: engine::AlertPolicy::Withdraw,
+            api_socket: None,
+            storage: None,
+            offline: Default::default(),
+            authorities: vec![pki_client::AuthorityEndpoint {
+                identity: pki_client::IdentityKey([1; 32]),
+                url,
+            }],
+        },
+    )
 }
 
 fn stdout(cmd: &mut Command) -> String {
@@ -130,7 +152,7 @@ fn an_authority_url_without_a_scheme_is_a_clear_error() {
 fn a_taken_address_is_named_in_the_error() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let config = passive_node("taken", addr, "http://127.0.0.1:9".into());
+    let (_d, config) = passive_node("taken", addr, "http://127.0.0.1:9".into());
     let err = node::Node::start(config).unwrap_err().to_string();
     assert!(err.contains(&addr.to_string()), "{err}");
 }
@@ -175,7 +197,7 @@ fn a_node_without_a_consensus_backs_off_instead_of_hammering_the_authorities() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     listener.set_nonblocking(true).unwrap();
-    let config = passive_node("backoff", "127.0.0.1:0".parse().unwrap(), url);
+    let (_d, config) = passive_node("backoff", "127.0.0.1:0".parse().unwrap(), url);
     let node = node::Node::start(config).unwrap();
     let start = std::time::Instant::now();
     let mut requests = 0;

@@ -277,6 +277,39 @@ fn the_engines_event_and_transmit_queues_stop_at_their_limits() {
 }
 
 #[test]
+fn a_core_that_is_behind_decides_a_turns_worth_of_slots_a_call() {
+    // a node at B = 2,000 whose driver comes back after a second: 2,000 slots are due.
+    // Each call decides at most 64 of them (and asks to be called again at once), so the
+    // driver reads its socket between turns; deciding them all at once filled them with
+    // fresh cover while the forwards that would have filled them went unread
+    let mut sim = Sim::with_engines(3, 12, params(3), 2000.0, LinkModel::PERFECT, &|_| {});
+    let later = sim.now().saturating_add(std::time::Duration::from_secs(1));
+    let engine = sim.nodes[0].stack.engine_mut();
+    let mut buf = vec![0u8; 2048];
+    let mut per_call = Vec::new();
+    for _ in 0..40 {
+        engine.handle_timeout(later);
+        let mut n = 0;
+        while engine.poll_transmit(&mut buf).is_some() {
+            n += 1;
+        }
+        per_call.push(n);
+        if engine.poll_timeout().is_some_and(|t| t > later) {
+            break;
+        }
+        assert!(
+            engine.poll_timeout().is_some_and(|t| t <= later),
+            "slots still due, and the driver is asked back at once"
+        );
+    }
+    assert!(per_call.iter().all(|&n| n <= 64), "{per_call:?}");
+    let total: usize = per_call.iter().sum();
+    // every slot of the second was decided in the end (a Poisson count of mean 2,000)
+    assert!((1_800..=2_200).contains(&total), "{total} slots in {per_call:?}");
+    assert!(per_call.len() >= 28, "{} calls", per_call.len());
+}
+
+#[test]
 fn the_messengers_outgoing_table_is_bounded_with_a_clear_error() {
     let mut net = stack::sim::MessageNet::messengers(5, 14, params(3), 200.0, LinkModel::PERFECT);
     let own_rate = net.messenger(0).config().own_rate;

@@ -4,7 +4,10 @@
 
 use scheduler::{Emission, ForwardDrop, Timestamp};
 
-use super::{AlertPolicy, BUILD_CHUNK, COVER_STOCK, Engine, Event, LOOP_STOCK, MAX_EVENTS, Queued};
+use super::{
+    AlertPolicy, BUILD_CHUNK, COVER_STOCK, Engine, Event, LOOP_STOCK, MAX_EVENTS, Queued,
+    SLOTS_PER_TURN,
+};
 use crate::counters::{DropReason, OutCategory};
 use crate::loops::Alarm;
 
@@ -38,10 +41,18 @@ impl Engine {
 
         if let Some(mut emitter) = self.emitter.take() {
             // a full transmit queue means the driver is behind: leave the slots due (late,
-            // not lost) rather than build packets only to drop them
-            while self.tx.len() < self.config.tx_queue
+            // not lost) rather than build packets only to drop them. At most a turn's worth
+            // of slots a call: a core that fell behind (a stall, or a B above what it can
+            // do) catches up a turn at a time and reads its socket in between; deciding
+            // every late slot at once filled hundreds of them with fresh cover while the
+            // forwards that would have filled them overflowed the socket unread (at 1.2x
+            // its capacity a core forwarded a tenth of what it could)
+            let mut decided = 0;
+            while decided < SLOTS_PER_TURN
+                && self.tx.len() < self.config.tx_queue
                 && let Some((slot, emission)) = emitter.on_slot(now, !self.own.is_empty())
             {
+                decided += 1;
                 self.fill_slot(now, slot, emission);
             }
             self.emitter = Some(emitter);

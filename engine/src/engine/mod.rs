@@ -52,6 +52,11 @@ const BUILD_CHUNK: usize = 8;
 /// Cover packets kept built ahead: at high rates a turn of the loop may fill many slots,
 /// and cover built one at a time would waste the ladders' lanes.
 const COVER_STOCK: usize = 64;
+/// Most emission slots one [`Engine::handle_timeout`] decides; the slots still due are
+/// decided at the next call, which [`Engine::poll_timeout`] asks for at once. A driver
+/// reads up to this many datagrams a turn too, so a core that is behind shares its turns
+/// between the slots and the forwards that fill them.
+const SLOTS_PER_TURN: usize = 64;
 /// The identifier of drop cover: a one-hop packet its receiver discards.
 const COVER_IDENTIFIER: [u8; 16] = [0; 16];
 

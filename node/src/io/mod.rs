@@ -66,6 +66,16 @@ impl Io {
         }
     }
 
+    /// Datagrams the kernel dropped at this core's socket since it was opened (the receive
+    /// queue full), from `SO_MEMINFO`; 0 where the kernel does not say.
+    pub(crate) fn socket_drops(&self) -> u64 {
+        let fd = match self {
+            Io::Uring(u) => u.fd(),
+            Io::Portable(p) => p.fd(),
+        };
+        socket_drops(fd)
+    }
+
     /// The backend's name, for logs and metrics.
     pub(crate) fn name(&self) -> &'static str {
         match self {
@@ -304,6 +314,30 @@ pub(crate) fn sockaddr_from(
     len as libc::socklen_t
 }
 
+/// `SK_MEMINFO_DROPS` of the socket `fd`, or 0 (Linux 4.1 reports it).
+fn socket_drops(fd: std::os::fd::RawFd) -> u64 {
+    // SK_MEMINFO_VARS is 9 on current kernels; room for more, and the kernel writes what it
+    // has
+    let mut meminfo = [0u32; 16];
+    let mut len = std::mem::size_of_val(&meminfo) as libc::socklen_t;
+    // SAFETY: a valid buffer of `len` bytes and its length; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            meminfo.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    const SK_MEMINFO_DROPS: usize = 8;
+    if rc == 0 && len as usize > SK_MEMINFO_DROPS * 4 {
+        u64::from(meminfo[SK_MEMINFO_DROPS])
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -337,6 +371,31 @@ mod tests {
             let mut buf = [0u8; 64];
             let got = (0..4).filter(|_| rx.recv(&mut buf).is_ok()).count();
             assert_eq!(got, 4, "{}", io.name());
+        }
+    }
+
+    /// Datagrams the kernel drops at a full receive queue are counted, on both backends.
+    #[test]
+    fn the_kernels_drops_at_a_full_socket_are_counted() {
+        for choice in [IoChoice::Portable, IoChoice::IoUring] {
+            let rx = socket2::Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            // the smallest queue the kernel allows (it doubles what it is given): a few
+            // datagrams
+            rx.set_recv_buffer_size(1).unwrap();
+            rx.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            let rx: UdpSocket = rx.into();
+            let to = rx.local_addr().unwrap();
+            let (io, _) = Io::open(rx, choice).unwrap();
+            assert_eq!(io.socket_drops(), 0, "{}", io.name());
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            // io_uring's receive takes some into its buffers as they come (those are not
+            // dropped): send more than both hold
+            for _ in 0..2_000 {
+                tx.send_to(&[7u8; 1400], to).unwrap();
+            }
+            let drops = io.socket_drops();
+            assert!(drops > 0 && drops <= 2_000, "{}: {drops}", io.name());
         }
     }
 

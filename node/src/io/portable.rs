@@ -37,6 +37,11 @@ impl PortableIo {
         })
     }
 
+    /// The socket's descriptor.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
     /// Waits up to `timeout` for datagrams, then hands every one received (at most 64) to
     /// `handle` as mutable slices. Returns how many.
     pub(crate) fn recv(

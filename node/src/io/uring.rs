@@ -468,6 +468,11 @@ impl UringIo {
         }
     }
 
+    /// The socket's descriptor.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
     /// Sends in flight (submitted or queued, not completed).
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
