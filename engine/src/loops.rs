@@ -178,6 +178,22 @@ impl LoopTracker {
         }
     }
 
+    /// Makes room, outside the packet path, for what a node sending `per_second` loops
+    /// that may each take `timeout` keeps: the loops in flight and the order of their
+    /// deadlines (about `per_second * timeout` of each, with room for bursts, at most the
+    /// tracker's bound), and the reliability of `nodes` nodes. Recording loops then
+    /// allocates nothing unless those are exceeded (the tables grow by doubling, never
+    /// past their bounds).
+    pub fn reserve(&mut self, per_second: f64, timeout: Duration, nodes: usize) {
+        let expected = per_second.max(0.0) * timeout.as_secs_f64() * 1.5 + 64.0;
+        let n = (expected.min(self.max as f64) as usize).max(1);
+        self.pending.reserve(n.saturating_sub(self.pending.len()));
+        self.order.reserve((n + 1).saturating_sub(self.order.len()));
+        let nodes = nodes.min(MAX_TRACKED_NODES);
+        self.reliability
+            .reserve(nodes.saturating_sub(self.reliability.len()));
+    }
+
     /// Forgets the reliability of nodes `keep` says no (those gone from the consensus).
     pub fn retain_nodes(&mut self, keep: impl Fn(&[u8; 32]) -> bool) {
         self.reliability.retain(|id, _| keep(id));

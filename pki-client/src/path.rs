@@ -37,29 +37,33 @@ pub fn select_hops<R: Rng + ?Sized>(
     out: &mut [usize],
 ) -> Result<(), PathError> {
     let nodes = consensus.nodes();
-    let mut weights: Vec<f64> = nodes
-        .iter()
-        .map(|node| {
-            if !node.roles.mix || exclude.contains(&node.id()) {
-                return 0.0;
-            }
-            let r = reliability(&node.id());
-            let r = if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
-            f64::from(node.bandwidth) * r
-        })
-        .collect();
-    let available = weights.iter().filter(|&&w| w > 0.0).count();
+    // each node's weight, computed where it is needed rather than kept in a vector: a
+    // relay draws the hops of its cover and loops on its packet path, which allocates
+    // nothing. A node already drawn weighs 0 (without replacement). The sums and the walk
+    // are those of a vector of the weights, in the same order: the same draws.
+    let weight = |i: usize, drawn: &[usize]| {
+        let node = &nodes[i];
+        if !node.roles.mix || exclude.contains(&node.id()) || drawn.contains(&i) {
+            return 0.0;
+        }
+        let r = reliability(&node.id());
+        let r = if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
+        f64::from(node.bandwidth) * r
+    };
+    let available = (0..nodes.len()).filter(|&i| weight(i, &[]) > 0.0).count();
     if available < hops || out.len() < hops {
         return Err(PathError::NotEnoughNodes {
             needed: hops,
             available,
         });
     }
-    for slot in out[..hops].iter_mut() {
-        let total: f64 = weights.iter().sum();
+    for k in 0..hops {
+        let (drawn, rest) = out.split_at_mut(k);
+        let total: f64 = (0..nodes.len()).map(|i| weight(i, drawn)).sum();
         let mut target = uniform(rng) * total;
         let mut chosen = None;
-        for (i, &w) in weights.iter().enumerate() {
+        for i in 0..nodes.len() {
+            let w = weight(i, drawn);
             if w <= 0.0 {
                 continue;
             }
@@ -76,9 +80,7 @@ pub fn select_hops<R: Rng + ?Sized>(
                 available,
             });
         };
-        *slot = i;
-        // without replacement
-        weights[i] = 0.0;
+        rest[0] = i;
     }
     Ok(())
 }

@@ -305,7 +305,10 @@ fn a_core_that_is_behind_decides_a_turns_worth_of_slots_a_call() {
     assert!(per_call.iter().all(|&n| n <= 64), "{per_call:?}");
     let total: usize = per_call.iter().sum();
     // every slot of the second was decided in the end (a Poisson count of mean 2,000)
-    assert!((1_800..=2_200).contains(&total), "{total} slots in {per_call:?}");
+    assert!(
+        (1_800..=2_200).contains(&total),
+        "{total} slots in {per_call:?}"
+    );
     assert!(per_call.len() >= 28, "{} calls", per_call.len());
 }
 

@@ -175,6 +175,12 @@ impl Engine {
             .collect();
         let listed = Arc::clone(&keys.consensus);
         self.loops.retain_nodes(|id| listed.node(id).is_some());
+        // room for the loops of this epoch's rate, before its first loop leaves
+        self.loops.reserve(
+            f64::from(params.loops) * f64::from(params.loop_rate_millis) / 1000.0,
+            self.config.loop_timeout,
+            listed.nodes().len(),
+        );
         let epoch = keys.consensus.epoch();
         self.ahead.retain(|k| k.epoch > epoch);
         let public = keys.secret.public_key();

@@ -399,6 +399,85 @@ mod tests {
         }
     }
 
+    /// Counts the heap allocations of each thread (a test's own, whatever the harness's
+    /// other threads do).
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            pub(super) static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+        }
+
+        struct Counting;
+
+        // SAFETY: forwards every call to the system allocator unchanged; only counts.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: same contract as ours, passed through.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System.alloc` with this layout.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: same contract as ours, passed through.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        #[global_allocator]
+        static GLOBAL: Counting = Counting;
+    }
+
+    /// The I/O half of a core's loop allocates nothing: batches sent from the backend's
+    /// transmit buffers and received into its own (the engine's half:
+    /// `stack/tests/no_alloc.rs`).
+    #[test]
+    fn sending_and_receiving_allocate_nothing_on_both_backends() {
+        for choice in [IoChoice::Portable, IoChoice::IoUring] {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = socket.local_addr().unwrap();
+            let (mut rx, _) = Io::open(socket, choice).unwrap();
+            let (mut tx, _) = Io::open(UdpSocket::bind("127.0.0.1:0").unwrap(), choice).unwrap();
+            let round = |tx: &mut Io, rx: &mut Io| {
+                let mut n = 0;
+                let sent = tx
+                    .send_batch(|buf| {
+                        (n < 32).then(|| {
+                            buf[..1400].fill(n as u8);
+                            n += 1;
+                            (to, 1400)
+                        })
+                    })
+                    .unwrap();
+                assert_eq!(sent.sent, 32);
+                let mut got = 0;
+                for _ in 0..1000 {
+                    rx.recv(Duration::from_millis(10), |batch| {
+                        got += batch.iter().filter(|d| d.len() == 1400).count();
+                    })
+                    .unwrap();
+                    if got == 32 {
+                        break;
+                    }
+                }
+                assert_eq!(got, 32, "{}", rx.name());
+            };
+            // the first round may set up what the kernel interface needs once
+            round(&mut tx, &mut rx);
+            let before = counting::ALLOCATIONS.with(|c| c.get());
+            for _ in 0..50 {
+                round(&mut tx, &mut rx);
+            }
+            let allocations = counting::ALLOCATIONS.with(|c| c.get()) - before;
+            assert_eq!(allocations, 0, "{}: 1,600 datagrams each way", rx.name());
+        }
+    }
+
     /// A dual-stack socket reaches IPv4 destinations (written v4-mapped).
     #[test]
     fn a_dual_stack_node_sends_to_ipv4_and_ipv6() {
