@@ -37,6 +37,10 @@ use node::capacity::{
     fetch_metrics,
 };
 
+/// The longest trial: it must fit in what is left of an epoch once the restarted node under
+/// test is listed, which on dev-2c is 4-5 s of the bench network's 10 s epochs.
+const MAX_TRIAL_SECONDS: f64 = 4.0;
+
 #[derive(Parser)]
 #[command(
     name = "mixed-perf",
@@ -46,7 +50,8 @@ struct Args {
     /// Which I/O backends to measure: both, io-uring, portable.
     #[arg(long, default_value = "both")]
     io: String,
-    /// Seconds of load per trial.
+    /// Seconds of load per trial, at most 4: a trial runs inside one of the bench
+    /// network's 10 s epochs, after the node under test is listed in it.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
     /// Values of B the bisection tries per backend (each once, or twice when the first trial
@@ -152,6 +157,14 @@ fn idle(net: &mut BenchNet, mixed: &Path, io: IoChoice, seconds: u64) -> Result<
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if !(args.seconds > 0.0 && args.seconds <= MAX_TRIAL_SECONDS) {
+        bail!(
+            "--seconds {}: a trial lasts more than 0 and at most {MAX_TRIAL_SECONDS} s (it runs \
+             inside one of the bench network's {} s epochs, after the node is listed in it)",
+            args.seconds,
+            capacity::EPOCH_SECONDS
+        );
+    }
     let exe = std::env::current_exe()?;
     let mixed: PathBuf = exe.with_file_name("mixed");
     if !mixed.exists() {

@@ -80,8 +80,8 @@ pub struct EngineConfig {
     /// a second, each held an exponential delay of mean 1/mu, holds B/mu of them on
     /// average (4,000 at B = 40,000 and 1/mu = 100 ms). Never above [`MAX_FITTED_BUFFERS`];
     /// never below the configured sizes. The ready queue of forwards is fitted too, to
-    /// [`READY_SPAN`] of the core's slots ([`ready_for`]). The node runtime sets it; tests that fill the
-    /// queues on purpose leave it off.
+    /// [`READY_SPAN`] of the core's slots ([`ready_for`]). The node runtime sets it; tests
+    /// that fill the queues on purpose leave it off.
     pub fit_to_delay: bool,
     /// Timer tick.
     pub tick: Duration,
@@ -143,9 +143,10 @@ pub fn held_for(rate: f64, mean_delay: Duration) -> usize {
 /// between forwards whose delays expire at random and slots that come at random; at 95%
 /// of the forward budget it is a queue at 95% utilisation, whose length passes n with a
 /// probability near 0.95^n. A queue of 256, whose random drops start at a quarter of it,
-/// drops at 64 (a few in a hundred); a queue of 50 ms of slots at B = 30,000 starts
-/// dropping at 375, where that probability is below one in ten million. A forward waits
-/// there at most three quarters of the span, small beside the delays 1/mu of the paper.
+/// is past 64 about 4% of the time and drops several forwards in 10,000 (the scheduler's
+/// tests: 6.6); a queue of 50 ms of slots at B = 30,000 starts dropping at 375, where
+/// that probability is below one in a hundred million. A forward waits there at most
+/// three quarters of the span, small beside the delays 1/mu of the paper.
 pub const READY_SPAN: Duration = Duration::from_millis(50);
 
 /// The ready queue of forwards fitted to a core emitting `rate` slots a second:

@@ -120,8 +120,8 @@ impl UringIo {
         // cooperative task running (Linux 5.19): a datagram arriving while the core computes
         // does not interrupt it (an inter-processor interrupt, a VM exit on a virtual
         // machine) to post its completion; the completion is posted at the core's next
-        // entry into the kernel, which every turn of its loop makes. Older kernels refuse
-        // the flag: the ring is set up without it.
+        // entry into the kernel (which the task-run flag below asks for). Older kernels
+        // refuse the flag: the ring is set up without it.
         //
         // With the task-run flag (also 5.19) the kernel marks the ring's shared memory when
         // it holds completions to post, so a core with a slot due at once polls for
